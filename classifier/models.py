@@ -1,0 +1,261 @@
+"""The classifiers the counterfactuals explain: LinearClassifier (the seed's MLP) and
+ResNet50Classifier (torchvision ResNet with a 40-way head), as LightningModules.
+
+Both take [-1, 1] images and return 40 logits (multi-label, BCE with logits).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MultilabelAUROC, MultilabelStatScores
+
+from classifier.attributes import ATTRIBUTES, NUM_ATTRIBUTES, attribute_index
+
+
+class AttributeClassifier(pl.LightningModule):
+    """Shared training/evaluation logic; subclasses build ``self.net``."""
+
+    def __init__(self, num_classes: int = NUM_ATTRIBUTES, lr: float = 1e-4,
+                 weight_decay: float = 0.01, highlight: str = "Smiling"):
+        super().__init__()
+        self.num_classes = num_classes
+        self.highlight = highlight
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self._metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({
+                "stats": MultilabelStatScores(num_labels=num_classes, average=None),
+                "auroc": MultilabelAUROC(num_labels=num_classes, average=None),
+            }) for stage in ("val", "test")})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["img"])
+        loss = self.loss_fn(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def _eval_step(self, batch, stage):
+        logits = self(batch["img"])
+        loss = self.loss_fn(logits, batch["labels"])
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(logits), sync_dist=True)
+        target = batch["labels"].long()
+        m = self._metrics[stage]
+        m["stats"].update(logits, target)
+        m["auroc"].update(logits, target)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, stage):
+        m = self._metrics[stage]
+        table = attribute_table(m["stats"].compute(), m["auroc"].compute())
+        m["stats"].reset(); m["auroc"].reset()
+        hi = self.highlight if self.num_classes == NUM_ATTRIBUTES else None
+        for key in ("accuracy", "balanced_accuracy", "auroc"):
+            vals = torch.tensor([row[key] for row in table.values()])
+            self.log(f"{stage}/{key}_mean", vals.nanmean(), sync_dist=True)
+            if hi is not None:
+                self.log(f"{stage}/{key}_{hi}", float(table[hi][key]), prog_bar=key == "accuracy",
+                         sync_dist=True)
+        self.last_table = table
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
+
+
+def attribute_table(stats: torch.Tensor, auroc: torch.Tensor | None = None) -> dict:
+    """Per-attribute accuracy, balanced accuracy and AUROC from torchmetrics stat scores.
+
+    ``stats`` is (num_labels, 5) = tp, fp, tn, fn, support. Balanced accuracy is the mean of the
+    true-positive and true-negative rates; NaN where a class never occurs (AUROC likewise).
+    """
+    tp, fp, tn, fn = (stats[:, i].double() for i in range(4))
+    acc = (tp + tn) / (tp + fp + tn + fn)
+    tpr = tp / (tp + fn)
+    tnr = tn / (tn + fp)
+    bacc = torch.where((tp + fn) == 0, tnr, torch.where((tn + fp) == 0, tpr, (tpr + tnr) / 2))
+    names = ATTRIBUTES if len(stats) == NUM_ATTRIBUTES else [str(i) for i in range(len(stats))]
+    out = {}
+    for i, name in enumerate(names):
+        valid = (tp[i] + fn[i]) > 0 and (tn[i] + fp[i]) > 0
+        out[name] = {"accuracy": float(acc[i]), "balanced_accuracy": float(bacc[i]),
+                     "auroc": float(auroc[i]) if auroc is not None and valid else float("nan"),
+                     "positives": int(tp[i] + fn[i]), "n": int(tp[i] + fp[i] + tn[i] + fn[i])}
+    return out
+
+
+class LinearClassifier(AttributeClassifier):
+    """The seed's MLP: flatten -> Dropout(0.5) -> Linear(in, 1024) -> ReLU -> Linear(1024, C).
+
+    ``input_dim`` is the image shape (C, H, W) or an image size (int) for 3-channel squares.
+    """
+
+    def __init__(self, input_dim=(3, 256, 256), num_classes: int = NUM_ATTRIBUTES,
+                 hidden: int = 1024, lr: float = 1e-4, weight_decay: float = 0.01,
+                 highlight: str = "Smiling"):
+        super().__init__(num_classes, lr, weight_decay, highlight)
+        if isinstance(input_dim, int):
+            input_dim = (3, input_dim, input_dim)
+        input_dim = tuple(int(v) for v in input_dim)
+        self.save_hyperparameters({"input_dim": list(input_dim), "num_classes": num_classes,
+                                   "hidden": hidden, "lr": lr, "weight_decay": weight_decay,
+                                   "highlight": highlight})
+        n_in = input_dim[0] * input_dim[1] * input_dim[2]
+        self.net = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(n_in, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+
+    @property
+    def architecture(self) -> str:
+        return f"LinearClassifier(input_dim={tuple(self.hparams.input_dim)})"
+
+
+RESNET_ARCHS = ("resnet50", "resnet18", "resnet34")
+
+
+class ResNet50Classifier(AttributeClassifier):
+    """torchvision ResNet (resnet50 by default; resnet18/34 for the toy world) with a C-way head.
+
+    ``pretrained`` loads torchvision's ImageNet weights *only if* they are already in the local
+    torch cache; training never requires them and loading a checkpoint never touches the network.
+    """
+
+    def __init__(self, num_classes: int = NUM_ATTRIBUTES, arch: str = "resnet50",
+                 pretrained: bool = False, image_size: int = 256, lr: float = 1e-4,
+                 weight_decay: float = 0.01, highlight: str = "Smiling"):
+        super().__init__(num_classes, lr, weight_decay, highlight)
+        if arch not in RESNET_ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {RESNET_ARCHS}")
+        self.save_hyperparameters({"num_classes": num_classes, "arch": arch, "pretrained": pretrained,
+                                   "image_size": image_size, "lr": lr, "weight_decay": weight_decay,
+                                   "highlight": highlight})
+        import torchvision
+        net = getattr(torchvision.models, arch)(weights=None)
+        if pretrained:
+            _load_imagenet_if_cached(net, arch)
+        net.fc = nn.Linear(net.fc.in_features, num_classes)
+        self.net = net
+
+    @property
+    def architecture(self) -> str:
+        return f"ResNet50Classifier(arch={self.hparams.arch})"
+
+
+def _load_imagenet_if_cached(net: nn.Module, arch: str) -> None:
+    import torchvision
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cache.exists():
+        raise FileNotFoundError(f"ImageNet weights for {arch} are not cached at {cache}; train "
+                                f"without them (pretrained: false) or place the file there")
+    net.load_state_dict(torch.load(cache, map_location="cpu"))
+
+
+CLASSIFIERS = {"LinearClassifier": LinearClassifier, "ResNet50Classifier": ResNet50Classifier}
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint holds another architecture or class count than the one requested."""
+
+
+def _describe(cls_name: str, hp: dict) -> str:
+    keys = {"LinearClassifier": ("input_dim", "num_classes"),
+            "ResNet50Classifier": ("arch", "num_classes")}.get(cls_name, ("num_classes",))
+    return f"{cls_name}(" + ", ".join(f"{k}={hp.get(k)}" for k in keys) + ")"
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"classifier checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return {"state_dict": {"net." + k if not k.startswith("net.") else k: v
+                               for k, v in load_file(str(path)).items()},
+                "hyper_parameters": json.loads(meta.get("hyper_parameters", "{}")),
+                "ldvce_class": meta.get("class")}
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def checkpoint_class(ckpt: dict) -> str:
+    """Which classifier class a checkpoint was saved from (from its keys and hyper-parameters)."""
+    if ckpt.get("ldvce_class"):
+        return ckpt["ldvce_class"]
+    hp = ckpt.get("hyper_parameters", {})
+    if "arch" in hp or any(k.startswith("net.conv1") for k in ckpt["state_dict"]):
+        return "ResNet50Classifier"
+    return "LinearClassifier"
+
+
+def load_classifier(path: str | os.PathLike, expect: str | None = None, map_location="cpu",
+                    **expect_hparams) -> AttributeClassifier:
+    """Load a classifier checkpoint (``.ckpt`` from Lightning or exported ``.safetensors``).
+
+    ``expect`` (class name) and ``expect_hparams`` (e.g. ``num_classes=40``, ``arch="resnet50"``)
+    are checked against what the checkpoint holds; a mismatch raises
+    :class:`CheckpointMismatchError` naming both. The model comes back in eval mode.
+    """
+    ckpt = read_checkpoint(path)
+    found = checkpoint_class(ckpt)
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    sd = ckpt["state_dict"]
+    if "num_classes" not in hp:
+        hp["num_classes"] = int(sd["net.fc.weight" if found == "ResNet50Classifier"
+                                   else "net.4.weight"].shape[0])
+    wanted = dict(expect_hparams)
+    if "input_dim" in wanted and wanted["input_dim"] is not None:
+        wanted["input_dim"] = list(wanted["input_dim"])
+    mismatch = (expect is not None and expect != found) or any(
+        k in hp and v is not None and hp[k] != v for k, v in wanted.items())
+    if mismatch:
+        want_desc = _describe(expect or found, {**hp, **wanted})
+        raise CheckpointMismatchError(f"{path} holds a {_describe(found, hp)} but a {want_desc} "
+                                      f"was requested")
+    model = CLASSIFIERS[found](**{k: v for k, v in hp.items()
+                                  if k in CLASSIFIERS[found].__init__.__code__.co_varnames})
+    try:
+        model.load_state_dict({k: v for k, v in sd.items() if k.startswith("net.")}, strict=False)
+        missing = [k for k in model.state_dict() if k.startswith("net.") and k not in sd]
+        if missing:
+            raise RuntimeError(f"missing keys {missing[:3]}")
+    except RuntimeError as e:
+        raise CheckpointMismatchError(f"{path} does not fit {model.architecture}: {e}") from e
+    return model.eval().to(map_location)
+
+
+def export_safetensors(model: AttributeClassifier, path: str | os.PathLike) -> Path:
+    """Save the network weights with the hyper-parameters as metadata (no pickle, no Lightning)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+          if k.startswith("net.")}
+    save_file(sd, str(path), metadata={"class": type(model).__name__,
+                                       "hyper_parameters": json.dumps(dict(model.hparams))})
+    return path
+
+
+def target_logit(logits: torch.Tensor, attribute: str | int) -> torch.Tensor:
+    """The logit of one attribute, (B, 40) -> (B,)."""
+    return logits[:, attribute_index(attribute)]

@@ -1,0 +1,184 @@
+"""Loading latent diffusion models: CompVis/ldm-celebahq-256 (hub id or local folder) or the toy LDM.
+
+The model exchange format is the diffusers folder (``model_index.json``, ``vqvae/``, ``unet/``,
+``scheduler/``), exactly as CompVis publishes it. We own the sampling loop instead of using
+``LDMPipeline`` because of the latent-scale trap (DESIGN.md §5.3, diffusers issue #6725): the
+CompVis VQ config has no ``scaling_factor``, diffusers then assumes 0.18215, but the true scale
+is 1.0. Rule here: the scale is the ``scaling_factor`` *written in* ``vqvae/config.json``, and
+1.0 when the file does not name one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+COMPVIS_ID = "CompVis/ldm-celebahq-256"
+TOY_NAME = "toy"
+TOY_WEIGHTS = Path(__file__).resolve().parents[1] / "toyfaces" / "weights" / "toy-ldm"
+
+# CompVis's DDIM schedule for ldm-celebahq-256 (scheduler/scheduler_config.json).
+COMPVIS_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
+                        beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=True,
+                        steps_offset=0)
+
+# The exact CompVis/ldm-celebahq-256 architectures (vqvae/config.json, unet/config.json); no
+# scaling_factor on purpose (the real file has none).
+COMPVIS_VQ_CONFIG = dict(in_channels=3, out_channels=3, act_fn="silu", latent_channels=3,
+                         block_out_channels=(128, 256, 512), layers_per_block=2,
+                         down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=32,
+                         num_vq_embeddings=8192, sample_size=256, vq_embed_dim=3)
+COMPVIS_UNET_CONFIG = dict(sample_size=64, in_channels=3, out_channels=3, act_fn="silu",
+                           attention_head_dim=32, block_out_channels=(224, 448, 672, 896),
+                           center_input_sample=False,
+                           down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D",
+                                             "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D",
+                                           "UpBlock2D"),
+                           downsample_padding=1, flip_sin_to_cos=True, freq_shift=0,
+                           layers_per_block=2, mid_block_scale_factor=1, norm_eps=1e-5,
+                           norm_num_groups=32, time_embedding_type="positional")
+
+
+def toy_vq_config(codebook: int = 512) -> dict:
+    """Small VQModel with CompVis's structure (f4: three blocks, 3 latent channels)."""
+    return dict(in_channels=3, out_channels=3, act_fn="silu", latent_channels=3,
+                block_out_channels=(16, 32, 32), layers_per_block=1,
+                down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                norm_num_groups=8, num_vq_embeddings=codebook, sample_size=64, vq_embed_dim=3)
+
+
+def toy_unet_config(latent_size: int = 16) -> dict:
+    return dict(sample_size=latent_size, in_channels=3, out_channels=3, act_fn="silu",
+                layers_per_block=1, block_out_channels=(64, 96, 128), attention_head_dim=32,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=16,
+                flip_sin_to_cos=True, freq_shift=0)
+
+
+class LDMNotAvailableError(RuntimeError):
+    """The requested LDM weights are not on this machine (clear message with the way out)."""
+
+
+@dataclass
+class LDM:
+    """A latent diffusion model: VQ autoencoder, UNet and DDIM scheduler, plus its geometry."""
+    vqvae: torch.nn.Module
+    unet: torch.nn.Module
+    scheduler: object
+    latent_scale: float
+    source: str
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vqvae.config.sample_size)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.vqvae.config.block_out_channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.image_size // self.downsample
+        return (int(self.vqvae.config.latent_channels), s, s)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def to(self, device=None, dtype=None) -> "LDM":
+        self.vqvae.to(device=device, dtype=dtype)
+        self.unet.to(device=device, dtype=dtype)
+        return self
+
+
+def latent_scale_of(vq_config_path: Path | None, vqvae) -> float:
+    """The latent scale *written* in the VQ config; 1.0 when absent (CompVis convention)."""
+    if vq_config_path is not None and vq_config_path.exists():
+        raw = json.loads(vq_config_path.read_text())
+        return float(raw.get("scaling_factor", 1.0))
+    # Built in memory: diffusers fills a default 0.18215 we must not trust unless set on purpose.
+    return float(getattr(vqvae, "_ldvce_latent_scale", 1.0))
+
+
+def _missing_message(source: str, err: Exception) -> str:
+    return (f"cannot load the latent diffusion model {source!r}: the weights are not on this machine "
+            f"and cannot be downloaded (offline or no network: {type(err).__name__}).\n"
+            f"Get them once with network access:\n"
+            f"    huggingface-cli download {COMPVIS_ID} --local-dir /path/to/ldm-celebahq-256\n"
+            f"then pass that folder (--ldm /path/to/ldm-celebahq-256), or use the shipped offline "
+            f"model with --ldm {TOY_NAME}.")
+
+
+def resolve_source(source: str | os.PathLike) -> tuple[str, Path | None]:
+    """(description, local folder or None for a hub id)."""
+    s = str(source)
+    if s == TOY_NAME:
+        if not (TOY_WEIGHTS / "unet").exists():
+            raise LDMNotAvailableError(f"the toy LDM is missing at {TOY_WEIGHTS}; train it with "
+                                       f"`ldvce toy train-ldm {TOY_WEIGHTS}`")
+        return s, TOY_WEIGHTS
+    p = Path(s).expanduser()
+    if p.exists():
+        if not (p / "unet").is_dir() or not (p / "vqvae").is_dir():
+            raise LDMNotAvailableError(f"{p} is not a diffusers LDM folder (needs vqvae/, unet/, "
+                                       f"scheduler/ as in {COMPVIS_ID})")
+        return s, p
+    if s.count("/") == 1 and not s.startswith((".", "/")):
+        return s, None
+    raise LDMNotAvailableError(f"LDM source {s!r} is neither a local folder, a hub id, nor "
+                               f"{TOY_NAME!r}")
+
+
+def load_ldm(source: str | os.PathLike = COMPVIS_ID, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> LDM:
+    """Load a latent diffusion model.
+
+    Parameters
+    ----------
+    source : ``"CompVis/ldm-celebahq-256"`` (hub id, from the local HF cache when offline), a local
+        diffusers folder, or ``"toy"`` for the shipped toyfaces LDM.
+    device, dtype : where and in which precision to put the networks.
+
+    Raises
+    ------
+    LDMNotAvailableError
+        When the weights are not available, with the command that gets them.
+    """
+    from diffusers import DDIMScheduler, UNet2DModel, VQModel
+    desc, folder = resolve_source(source)
+    if folder is None:  # hub id: only what is in the local cache when offline
+        try:
+            from huggingface_hub import snapshot_download
+            folder = Path(snapshot_download(desc, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+        except Exception as e:  # noqa: BLE001 - every failure here means "weights not available"
+            raise LDMNotAvailableError(_missing_message(desc, e)) from e
+    try:
+        vqvae = VQModel.from_pretrained(folder / "vqvae")
+        unet = UNet2DModel.from_pretrained(folder / "unet")
+        scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
+    except (OSError, ValueError) as e:
+        raise LDMNotAvailableError(_missing_message(desc, e)) from e
+    scale = latent_scale_of(folder / "vqvae" / "config.json", vqvae)
+    vqvae.eval().requires_grad_(False)
+    unet.eval().requires_grad_(False)
+    return LDM(vqvae, unet, scheduler, scale, desc).to(device, dtype)
+
+
+def build_random_ldm(vq_config: dict, unet_config: dict, latent_scale: float = 1.0,
+                     seed: int = 0) -> LDM:
+    """An LDM with random weights of a given architecture (tests, GPU timing benchmarks)."""
+    from diffusers import DDIMScheduler, UNet2DModel, VQModel
+    torch.manual_seed(seed)
+    vqvae, unet = VQModel(**vq_config), UNet2DModel(**unet_config)
+    vqvae.eval().requires_grad_(False)
+    unet.eval().requires_grad_(False)
+    return LDM(vqvae, unet, DDIMScheduler(**COMPVIS_SCHEDULE), latent_scale, "random")

@@ -1,0 +1,134 @@
+"""Counterfactual quality metrics over a generation run folder.
+
+- flip rate: share of counterfactuals whose decision reached the target;
+- L1 / L2 / SSIM between counterfactual and original (images in [-1, 1]; SSIM on [0, 1]);
+- MNAC (Mean Number of Attributes Changed): attributes other than the target whose *oracle*
+  decision differs between original and counterfactual (the published protocol's oracle ResNet);
+- localisation (toy world): share of Σ|Δ| inside the ground-truth region of the target attribute.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from classifier.attributes import attribute_index
+from classifier.images import load_image
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004, uniform window) of (B, C, H, W) images in [0, 1]."""
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    pad = window // 2
+    mu = lambda t: F.avg_pool2d(t, window, 1, pad, count_include_pad=False)  # noqa: E731
+    ma, mb = mu(a), mu(b)
+    va, vb, cov = mu(a * a) - ma ** 2, mu(b * b) - mb ** 2, mu(a * b) - ma * mb
+    s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+    return s.flatten(1).mean(1)
+
+
+def localization(delta: np.ndarray, region: np.ndarray) -> float:
+    """Σ|Δ| inside ``region`` / Σ|Δ| (``delta``: (H, W) non-negative map; region resized)."""
+    if region.shape != delta.shape:
+        region = F.interpolate(torch.from_numpy(region.astype(np.float32))[None, None],
+                               size=delta.shape, mode="nearest")[0, 0].numpy() > 0.5
+    total = float(delta.sum())
+    return float(delta[region].sum()) / total if total > 0 else float("nan")
+
+
+def mnac(oracle_logits_before: torch.Tensor, oracle_logits_after: torch.Tensor,
+         target_index: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample number of attributes (≠ target) whose oracle decision changed."""
+    changed = (oracle_logits_before > 0) != (oracle_logits_after > 0)
+    changed[:, target_index] = False
+    if valid is not None:
+        changed &= valid[None]
+    return changed.sum(1).float()
+
+
+def load_run(run_dir) -> list[dict]:
+    """The finished results of a run folder (one dict per image, with its folder)."""
+    run_dir = Path(run_dir)
+    out = []
+    for d in sorted(run_dir.iterdir()):
+        if d.is_dir() and not d.name.startswith(".") and (d / "result.json").exists():
+            r = json.loads((d / "result.json").read_text())
+            r["_dir"] = d
+            out.append(r)
+    if not out:
+        raise FileNotFoundError(f"no finished counterfactuals (*/result.json) in {run_dir}")
+    return out
+
+
+@torch.no_grad()
+def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str | None = None,
+                 oracle_attributes: list[int] | None = None, batch_size: int = 32) -> dict:
+    """Metrics of a run folder; writes nothing (see :func:`write_metrics`).
+
+    ``oracle``: a classifier module; ``oracle_attributes``: indices MNAC counts (default: those the
+    oracle was trained to see vary — all 40 for CelebA-HQ, the modelled ones for toyfaces).
+    ``masks``: toyfaces masks (attribute -> (N, H, W)); image ids must be dataset rows.
+    """
+    results = load_run(run_dir)
+    attribute = attribute or results[0].get("attribute", "Smiling")
+    t_idx = attribute_index(attribute)
+    xs = torch.stack([load_image(r["_dir"] / "original.png", _size(r)) for r in results])
+    cfs = torch.stack([load_image(r["_dir"] / "counterfactual.png", _size(r)) for r in results])
+    per = {
+        "flipped": torch.tensor([bool(r["flipped"]) for r in results], dtype=torch.float),
+        "l1": (cfs - xs).abs().flatten(1).mean(1),
+        "l2": (cfs - xs).pow(2).flatten(1).mean(1).sqrt(),
+        "ssim": ssim((xs + 1) / 2, (cfs + 1) / 2),
+    }
+    if oracle is not None:
+        dev = next(oracle.parameters()).device
+        before = torch.cat([oracle(xs[i:i + batch_size].to(dev)).cpu()
+                            for i in range(0, len(xs), batch_size)])
+        after = torch.cat([oracle(cfs[i:i + batch_size].to(dev)).cpu()
+                           for i in range(0, len(cfs), batch_size)])
+        valid = None
+        if oracle_attributes is not None:
+            valid = torch.zeros(before.shape[1], dtype=torch.bool)
+            valid[oracle_attributes] = True
+        per["mnac"] = mnac(before, after, t_idx, valid)
+        per["oracle_flipped"] = ((after[:, t_idx] > 0) != (before[:, t_idx] > 0)).float()
+    if masks is not None:
+        region = masks[attribute]
+        loc = []
+        for r, x, c in zip(results, xs, cfs):
+            row = r.get("source", {}).get("index", None)
+            row = int(r["image"]) if row is None and str(r["image"]).isdigit() else row
+            loc.append(localization((c - x).abs().sum(0).numpy(), region[row]) if row is not None
+                       else float("nan"))
+        per["localization"] = torch.tensor(loc)
+    metrics = {k: float(torch.nanmean(v.float())) for k, v in per.items()}
+    metrics["flip_rate"] = metrics.pop("flipped")
+    metrics["n"] = len(results)
+    metrics["attribute"] = attribute
+    metrics["per_image"] = {r["image"]: {k: float(v[i]) for k, v in per.items()}
+                            for i, r in enumerate(results)}
+    return metrics
+
+
+def _size(r: dict) -> int | None:
+    from PIL import Image
+    with Image.open(r["_dir"] / "original.png") as im:
+        return im.size[0]
+
+
+def write_metrics(run_dir, metrics: dict) -> Path:
+    from dvce.runner import write_json
+    path = Path(run_dir) / "metrics.json"
+    write_json(path, metrics)
+    return path
+
+
+def format_table(metrics: dict) -> str:
+    keys = [k for k in ("n", "flip_rate", "l1", "l2", "ssim", "mnac", "oracle_flipped",
+                        "localization") if k in metrics]
+    w = max(len(k) for k in keys)
+    return "\n".join(f"{k:<{w}}  {metrics[k]:.4f}" if isinstance(metrics[k], float)
+                     else f"{k:<{w}}  {metrics[k]}" for k in keys)

@@ -1,0 +1,249 @@
+"""Batch runner: images in, one folder per image out, resumable and never half-written.
+
+Layout of ``OUT``::
+
+    OUT/<image_id>/original.png reconstruction.png counterfactual.png diff.png
+                   sequence/000.png … sequence.gif result.json
+    OUT/manifest.jsonl   one line per input: {"image", "status", "reason"}
+    OUT/summary.json     n, flip_rate, mean_l1, seconds_per_image, method, …
+
+Each image folder is written as ``OUT/.<id>.partial`` and renamed when complete; the manifest and
+summary are rewritten atomically from the folders after every batch, so a run killed at any point
+resumes by skipping the finished folders and agrees with them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from classifier.images import (UnreadableImageError, atomic_write_bytes, load_image,
+                               list_image_files, save_image, tensor_to_uint8)
+from dvce.samplers import CFBatch, Problem, get_sampler
+
+STATUSES = ("ok", "not_flipped", "failed", "unreadable")
+
+
+@dataclass
+class Item:
+    """One input: an id (folder name), a loader for its tensor, and where it came from."""
+    image_id: str
+    load: Callable[[], torch.Tensor]
+    source: dict
+
+
+def folder_items(folder, size: int) -> list[Item]:
+    """Every file of an image folder (unreadable ones fail later, when loaded, and are reported)."""
+    return [Item(p.stem, (lambda p=p: load_image(p, size)), {"path": str(p)})
+            for p in list_image_files(folder)]
+
+
+def lmdb_items(lmdb_path, attr_path, indices: Iterable[int] | None, size: int) -> list[Item]:
+    from classifier.dataset import CelebHQAttrDataset
+    ds = CelebHQAttrDataset(lmdb_path, attr_path, split="all", image_size=size, augment=False)
+    rows = list(indices) if indices is not None else ds.indices
+    return [Item(str(r), (lambda r=r: ds.read_image(r)), {"lmdb": str(lmdb_path), "index": int(r)})
+            for r in rows]
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
+
+
+def _gif(frames: list[np.ndarray], path: Path, ms: int = 400) -> None:
+    from PIL import Image
+    import io
+    ims = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=ms, loop=0)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def switch_frame(logits: list[float], target: int) -> int | None:
+    """First frame whose decision agrees with the target (None if none does)."""
+    for k, v in enumerate(logits):
+        if (v > 0) == bool(target):
+            return k
+    return None
+
+
+def write_result_folder(out: Path, image_id: str, x: torch.Tensor, res: CFBatch, i: int,
+                        target: int, settings: dict, seconds: float, source: dict) -> dict:
+    """Write one image's folder via a temporary name; returns its result dict."""
+    final = out / image_id
+    tmp = out / f".{image_id}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "sequence").mkdir(parents=True)
+    cf, rec = res.counterfactual[i].cpu(), res.reconstruction[i].cpu()
+    save_image(x, tmp / "original.png")
+    save_image(rec, tmp / "reconstruction.png")
+    save_image(cf, tmp / "counterfactual.png")
+    diff = (cf - x.cpu()).abs().mean(0)
+    d = (diff / max(float(diff.max()), 1e-8)).numpy()
+    save_image((np.stack([d] * 3, -1) * 255).astype(np.uint8), tmp / "diff.png")
+    np.save(tmp / "diff.npy", diff.numpy().astype(np.float32))
+    frames = [tensor_to_uint8(f) for f in res.frames[i]]
+    for k, f in enumerate(frames):
+        save_image(f, tmp / "sequence" / f"{k:03d}.png")
+    _gif(frames, tmp / "sequence.gif")
+    if "mask" in res.info:
+        np.save(tmp / "mask.npy", res.info["mask"][i, 0].numpy().astype(np.float32))
+    logits = res.frame_logits[i]
+    sig = lambda v: float(1 / (1 + np.exp(-v)))  # noqa: E731
+    flipped = bool(res.flipped[i])
+    result = {
+        "image": image_id, "source": source, "status": "ok" if flipped else "not_flipped",
+        "target": int(target), "flipped": flipped, "iterations": int(res.iterations[i]),
+        "logit_before": logits[0], "logit_after": float(logits[-1]) if flipped or True else None,
+        "prob_before": sig(logits[0]), "prob_after": sig(logits[-1]),
+        "logit_reconstruction": logits[1] if len(logits) > 1 else None,
+        "l1": float((cf - x.cpu()).abs().mean()), "l2": float((cf - x.cpu()).pow(2).mean().sqrt()),
+        "switch_frame": switch_frame(logits, target),
+        "frames": [{"index": k, "logit": v, "prob": sig(v)} for k, v in enumerate(logits)],
+        "seconds": seconds, **settings,
+    }
+    # The counterfactual is the last frame; its logit is what we report as "after".
+    result["logit_after"] = float(logits[-1])
+    write_json(tmp / "result.json", result)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return result
+
+
+def _scan(out: Path) -> dict[str, dict]:
+    """Finished image folders (those with a result.json) -> their results."""
+    done = {}
+    for d in out.iterdir() if out.exists() else []:
+        if d.is_dir() and not d.name.startswith(".") and (d / "result.json").exists():
+            try:
+                done[d.name] = json.loads((d / "result.json").read_text())
+            except json.JSONDecodeError:
+                shutil.rmtree(d)  # cannot happen with atomic writes; treat as not done
+    return done
+
+
+def _read_manifest(out: Path) -> dict[str, dict]:
+    p = out / "manifest.jsonl"
+    entries = {}
+    if p.exists():
+        for line in p.read_text().splitlines():
+            try:
+                e = json.loads(line)
+                entries[e["image"]] = e
+            except (json.JSONDecodeError, KeyError):
+                continue
+    return entries
+
+
+def rewrite_manifest(out: Path, order: list[str], extra: dict[str, dict]) -> dict[str, dict]:
+    """Manifest = finished folders + failures/unreadables recorded this or an earlier run."""
+    done = _scan(out)
+    entries = {}
+    for image_id in order:
+        if image_id in done:
+            r = done[image_id]
+            entries[image_id] = {"image": image_id, "status": r["status"],
+                                 "reason": None if r["status"] == "ok" else
+                                 "decision did not flip within the iteration budget"}
+        elif image_id in extra:
+            entries[image_id] = extra[image_id]
+    lines = "".join(json.dumps(e) + "\n" for e in entries.values())
+    atomic_write_bytes(out / "manifest.jsonl", lines.encode())
+    return entries
+
+
+def summarize(out: Path, method: str, settings: dict) -> dict:
+    done = _scan(out)
+    manifest = _read_manifest(out)
+    vals = list(done.values())
+    n_ok = sum(r["flipped"] for r in vals)
+    summary = {
+        "n": len(manifest), "n_generated": len(vals),
+        "n_failed": sum(e["status"] == "failed" for e in manifest.values()),
+        "n_unreadable": sum(e["status"] == "unreadable" for e in manifest.values()),
+        "flip_rate": n_ok / len(vals) if vals else 0.0,
+        "mean_l1": float(np.mean([r["l1"] for r in vals])) if vals else None,
+        "mean_l2": float(np.mean([r["l2"] for r in vals])) if vals else None,
+        "mean_iterations": float(np.mean([r["iterations"] for r in vals])) if vals else None,
+        "seconds_per_image": float(np.mean([r["seconds"] for r in vals])) if vals else None,
+        "method": method, "settings": settings,
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def run(items: list[Item], problem: Problem, out, method: str = "guided", target="auto",
+        batch_size: int = 8, options: dict | None = None, settings: dict | None = None,
+        progress: bool = True) -> dict:
+    """Generate counterfactuals for ``items`` into ``out``; returns the summary.
+
+    ``target``: ``"auto"`` flips the current decision, or 0 / 1 for a fixed direction. Images
+    already finished in ``out`` are skipped (resume); unreadable inputs and non-finite samples are
+    reported in the manifest and the rest of the batch goes on.
+    """
+    from tqdm import tqdm
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    sampler = get_sampler(method)
+    options = dict(options or {})
+    settings = {"method": method, "options": options, **(settings or {})}
+    order = [it.image_id for it in items]
+    if len(set(order)) != len(order):
+        raise ValueError("image ids must be unique (two files share a name stem?)")
+    done = _scan(out)
+    extra = {k: v for k, v in _read_manifest(out).items() if v["status"] in ("failed", "unreadable")}
+    todo = [it for it in items if it.image_id not in done and it.image_id not in extra]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"lDVCE ({method})",
+               unit="img", disable=not progress)
+    for batch in _batches(todo, batch_size):
+        xs, ok_items = [], []
+        for it in batch:
+            try:
+                xs.append(it.load())
+                ok_items.append(it)
+            except (UnreadableImageError, OSError, KeyError) as e:
+                extra[it.image_id] = {"image": it.image_id, "status": "unreadable", "reason": str(e)}
+                bar.update(1)
+        if ok_items:
+            x = torch.stack(xs)
+            with torch.no_grad():
+                logit = problem.logit(x.to(problem.ldm.device))
+            tgt = (logit.cpu() <= 0).float() if target == "auto" else torch.full((len(x),), float(target))
+            t0 = time.perf_counter()
+            res = sampler(problem, x, tgt, **options)
+            secs = (time.perf_counter() - t0) / len(x)
+            for i, it in enumerate(ok_items):
+                if res.failed[i]:
+                    extra[it.image_id] = {"image": it.image_id, "status": "failed",
+                                          "reason": res.failed[i]}
+                    continue
+                write_result_folder(out, it.image_id, x[i], res, i, int(tgt[i]), settings, secs,
+                                    it.source)
+            bar.update(len(ok_items))
+        rewrite_manifest(out, order, extra)
+    bar.close()
+    rewrite_manifest(out, order, extra)
+    return summarize(out, method, settings)
+
+
+def _batches(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]

@@ -1,0 +1,64 @@
+"""The cached toy world: datasets, classifiers and the oracle, made on first use and reused.
+
+Everything lives under the cache folder (``$LDVCE_CACHE`` or ``<repo>/.cache/ldvce``):
+
+    data/toy-train   classifier training data (seed 1)   data/toy-test   unseen-seed images (seed 7)
+    models/toy_resnet.ckpt  toy_linear.ckpt  toy_oracle.ckpt
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "classifier"
+
+# (config, data seed, extra overrides). The oracle differs in architecture *and* seed, like the
+# published protocol's separately trained oracle.
+TOY_CLASSIFIERS = {
+    "toy_resnet": ("toy_resnet.yaml", []),
+    "toy_linear": ("toy_linear.yaml", []),
+    "toy_oracle": ("toy_resnet.yaml", ["--model.init_args.arch", "resnet34", "--seed_everything", "123",
+                                       "--trainer.max_epochs", "3"]),
+}
+TRAIN_DATA = ("toy-train", 6000, 1)
+TEST_DATA = ("toy-test", 400, 7)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LDVCE_CACHE", REPO / ".cache" / "ldvce"))
+
+
+def toy_data(name_n_seed=TRAIN_DATA, progress: bool = True) -> Path:
+    """A toyfaces folder from the cache, rendered if missing."""
+    import toyfaces
+    name, n, seed = name_n_seed
+    path = cache_dir() / "data" / name
+    if not toyfaces.is_complete(path):
+        toyfaces.make_dataset(path, n=n, seed=seed, progress=progress)
+    return path
+
+
+def toy_classifier(name: str = "toy_resnet", quiet: bool = True) -> Path:
+    """Checkpoint of a toy classifier, trained with the project's own training code if missing."""
+    if name not in TOY_CLASSIFIERS:
+        raise KeyError(f"unknown toy classifier {name!r}; choose from {list(TOY_CLASSIFIERS)}")
+    ckpt = cache_dir() / "models" / f"{name}.ckpt"
+    if ckpt.exists():
+        return ckpt
+    from classifier.train import main as train_main
+    cfg, extra = TOY_CLASSIFIERS[name]
+    data = toy_data(TRAIN_DATA)
+    root = cache_dir() / "runs" / name
+    args = ["--config", str(CONFIGS / cfg), "--data.data_path", str(data),
+            "--trainer.default_root_dir", str(root), "--run_name", name, *extra]
+    if quiet:
+        args += ["--trainer.enable_progress_bar", "false"]
+    print(f"[ldvce] training the {name} classifier (cached afterwards at {ckpt}) …", flush=True)
+    _, _, best = train_main(args)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt.with_suffix(".tmp")
+    shutil.copy(best, tmp)
+    tmp.replace(ckpt)
+    return ckpt

@@ -1,0 +1,129 @@
+"""Evaluate a user-study export: ``python study/evalstudy.py --export CSV --images DIR --out OUT``.
+
+Also reachable as ``ldvce study eval`` (which reuses :func:`add_arguments` and :func:`run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: Python put study/ itself on sys.path, where export.py, metrics.py … would
+    # shadow same-named top-level modules. Swap it for the repository root so `import study` works.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+DESCRIPTION = """\
+Evaluate the lDVCE user study from the study app's CSV export.
+
+Two tasks are evaluated:
+  selection   participants picked the first frame of a counterfactual sequence in which the
+              person smiles (-1 = nobody smiles, 0 = original, 1 = DDIM reconstruction,
+              2.. = optimisation steps). Output: counts per image, mean choice per participant,
+              outliers, and agreement with the classifier's switch frame (needs --runs).
+  annotation  participants drew polygons where they think the decision lives. Output: human
+              relevance heatmaps (HRH = per pixel, how many participants covered it) as
+              OUT/hrh/<image>.npy and overlays, the inter-annotator "human ceiling", and, with
+              --heatmaps/--runs, metrics of model heatmaps and counterfactual differences vs HRHs
+              (relevance mass/rank accuracy, pointing game, AUC, Spearman, IoU/Dice of top 10 %).
+
+Writes OUT/study_summary.json, OUT/report.md, OUT/report.html, OUT/hrh/*.npy, OUT/figures/.
+"""
+
+EPILOG = """\
+examples:
+  python study/evalstudy.py --export ../shared/seed/study/studyentries.csv \\
+      --images ../shared/seed/celebahq/test_counterfactual --out runs/study
+  python study/evalstudy.py --export study.csv --images imgs --out runs/study \\
+      --heatmaps runs/explain --runs runs/generate --bootstrap 1000 --seed 1
+
+layouts: heatmaps are read from HEATMAPS/<image_id>/heatmap_<composite>_pre.npy and runs from
+RUNS/<image_id>/{result.json,original.png,counterfactual.png}; a folder whose name contains the
+image id as a token (e.g. 27300_1.0_misclassified) is accepted too.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the evaluation options to ``parser`` (used by this script and ``ldvce study eval``)."""
+    from study.selection import OUTLIER_RULES
+
+    parser.add_argument("--export", required=True, type=Path, metavar="CSV",
+                        help="study export CSV (one row per participant), e.g. studyentries.csv")
+    parser.add_argument("--images", type=Path, metavar="DIR", default=None,
+                        help="folder with the study images <id>_1.0_misclassified.png, drawn under the HRHs")
+    parser.add_argument("--out", required=True, type=Path, metavar="OUT", help="output folder (created)")
+    parser.add_argument("--heatmaps", type=Path, metavar="DIR", default=None,
+                        help="`ldvce explain` output: DIR/<id>/heatmap_<composite>_pre.npy are compared with the HRHs")
+    parser.add_argument("--heatmap-layout", default=None, metavar="PATTERN",
+                        help="where heatmaps are under --heatmaps (default '{image_id}/heatmap_*_pre.npy'; "
+                             "the * part names the method)")
+    parser.add_argument("--runs", type=Path, metavar="DIR", default=None,
+                        help="`ldvce generate` output: DIR/<id>/result.json gives the classifier's switch frame; "
+                             "original.png/counterfactual.png give a difference map compared with the HRHs")
+    parser.add_argument("--run-layout", default=None, metavar="PATTERN",
+                        help="where a run's folder is under --runs (default '{image_id}')")
+    parser.add_argument("--display-size", type=int, default=512, metavar="PX",
+                        help="size the images were shown at; polygon coordinates are in this frame (default 512)")
+    parser.add_argument("--analysis-size", type=int, default=256, metavar="PX",
+                        help="size of the HRHs; polygons are scaled display→analysis (default 256)")
+    parser.add_argument("--outlier-rule", choices=sorted(OUTLIER_RULES), default="mean-zero",
+                        help="which participants count as outliers: mean-zero = mean choice exactly 0 "
+                             "(the seed's rule), all-original = always chose frame 0, none (default mean-zero)")
+    parser.add_argument("--exclude-outliers-from-hrh", action="store_true",
+                        help="also leave outliers out of the HRHs (they are always left out of the histograms)")
+    parser.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                        help="bootstrap resamples of participants for confidence intervals; 0 = none (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    parser.add_argument("--no-figures", action="store_true", help="skip figures (numbers, HRHs and reports only)")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``study/evalstudy.py``."""
+    parser = argparse.ArgumentParser(prog="evalstudy.py", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation for parsed ``args``; prints a short summary, returns an exit code."""
+    from study.evaluate import HEATMAP_LAYOUT, RUN_LAYOUT, evaluate_study
+    from study.export import ExportError
+
+    try:
+        summary = evaluate_study(
+            args.export, images_dir=args.images, out_dir=args.out, heatmaps_dir=args.heatmaps,
+            runs_dir=args.runs, display_size=args.display_size, analysis_size=args.analysis_size,
+            outlier_rule=args.outlier_rule, n_bootstrap=args.bootstrap, seed=args.seed,
+            heatmap_layout=args.heatmap_layout or HEATMAP_LAYOUT, run_layout=args.run_layout or RUN_LAYOUT,
+            exclude_outliers_from_hrh=args.exclude_outliers_from_hrh, figures=not args.no_figures,
+        )
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for d, what in ((args.images, "--images"), (args.heatmaps, "--heatmaps"), (args.runs, "--runs")):
+        if d is not None and not Path(d).is_dir():
+            print(f"warning: {what} folder {d} does not exist; it was ignored", file=sys.stderr)
+    hc = (summary.get("human_ceiling") or {}).get("mean", {}).get("mass_accuracy", {})
+    print(f"{summary['participants']} participants, {len(summary['selection'])} selection images, "
+          f"{len(summary['hrh'])} annotation images, {len(summary['outliers'])} outlier(s), "
+          f"{summary['n_issues']} parse issue(s)")
+    if hc.get("mean") is not None:
+        print(f"human ceiling (leave-one-out) relevance mass accuracy: {hc['mean']:.3f}")
+    for name, r in summary.get("methods", {}).items():
+        m = r["consensus"]["ge50"]["mass_accuracy"]["mean"]
+        print(f"{name}: relevance mass accuracy vs HRH≥50% = {m:.3f}" if m is not None else f"{name}: no scores")
+    print(f"wrote {Path(args.out) / 'study_summary.json'}, report.md, report.html")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point: parse ``argv`` (default ``sys.argv[1:]``) and run."""
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,6 +53,11 @@ def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
     key = (str(path.resolve()), os.getpid())
     env = _ENVS.get(key)
     if env is None:
+        for other in [k for k in _ENVS if k[0] == key[0]]:
+            # Inherited from the parent through fork (DataLoader workers): py-lmdb still counts
+            # it as open here, so close this process's copy of the mapping before reopening.
+            # Read-only and lock-free, this does not disturb the parent.
+            _ENVS.pop(other).close()
         env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
                         max_readers=126, subdir=path.is_dir())
         _ENVS[key] = env

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -54,6 +55,9 @@ class _CLI(LightningCLI):
 def main(argv: list[str] | None = None):
     """Train a classifier from a YAML config; returns (trainer, model, best checkpoint path)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # DDP re-launches this script with the same sys.argv, so our own options stay in sys.argv and
+    # LightningCLI gets the filtered copy; silence its warning about that.
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
     logger_kind = _pop_option(argv, "--logger", "csv")
     export = _pop_option(argv, "--export")
     checkpoint = ModelCheckpoint(monitor="val/loss", mode="min", save_last=True,
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None):
             trainer.loggers = [lg]
     trainer.fit(cli.model, cli.datamodule)
     best = checkpoint.best_model_path or checkpoint.last_model_path
-    if cfg.get("test_after_fit", True) and best and trainer.is_global_zero:
+    if cfg.get("test_after_fit", True) and best:  # every rank: test is collective under DDP
         trainer.test(cli.model, cli.datamodule, ckpt_path=best, verbose=False)
     if export and best and trainer.is_global_zero:
         from classifier.models import export_safetensors, load_classifier

@@ -222,7 +222,7 @@ def _regions(g: _Geom, f: Factors):
     r["beard"] = np.maximum(np.maximum(g.ellipse(0, 0, 14, 18), -g.ellipse(0, 9, 8, 4.5)),
                             g.box(-15, 15, 4, 20))
     # Mask-only regions: where the attribute lives whatever its value.
-    r["mouth_region"] = g.ellipse(0, 9.5, 9, 5.5)
+    r["mouth_region"] = g.box(-8.5, 8.5, 4.0, 17.0)  # every smile / opening state fits
     r["eye_region"] = g.box(-11.5, 11.5, -7.5, 1.5)
     r["hat_region"] = g.box(-19.5, 19.5, -32, -15.5)
     r["mustache_region"] = g.ellipse(0, 5.2, 8, 2.8)

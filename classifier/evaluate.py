@@ -1,0 +1,70 @@
+"""Evaluate a classifier checkpoint: per-attribute table and the misclassified images to explain."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MultilabelAUROC, MultilabelStatScores
+from tqdm import tqdm
+
+from classifier.attributes import NUM_ATTRIBUTES, attribute_index, attribute_name
+from classifier.dataset import CelebHQAttrDataset
+from classifier.images import save_image
+from classifier.models import attribute_table, load_classifier
+
+
+def dataset_for(data, attr_file=None, split="test", image_size=None) -> CelebHQAttrDataset:
+    """A dataset from an LMDB (+ attribute file) or a toyfaces folder."""
+    p = Path(data)
+    if p.suffix != ".lmdb" and attr_file is None:
+        import toyfaces
+        lmdb_path, attr_file = toyfaces.paths(p)
+    else:
+        lmdb_path = p
+        if attr_file is None:
+            raise ValueError("--attr-file is required with an LMDB")
+    return CelebHQAttrDataset(lmdb_path, attr_file, split=split, image_size=image_size, augment=False)
+
+
+@torch.no_grad()
+def predict(model, ds, batch_size=64, device="cpu", progress=True):
+    """Logits (N, 40), labels (N, 40) and row indices of a dataset."""
+    model = model.to(device).eval()
+    logits, labels, rows = [], [], []
+    for b in tqdm(DataLoader(ds, batch_size=batch_size), desc="evaluating", disable=not progress):
+        logits.append(model(b["img"].to(device)).float().cpu())
+        labels.append(b["labels"])
+        rows.append(b["index"])
+    return torch.cat(logits), torch.cat(labels), torch.cat(rows)
+
+
+def evaluate_checkpoint(checkpoint, data, attr_file=None, split="test", attribute="Smiling",
+                        export_misclassified=None, batch_size=64, device="cpu", progress=True):
+    """Print the per-attribute table; optionally write ``{idx}_{gt}_misclassified.png`` files."""
+    model = load_classifier(checkpoint)
+    size = model.hparams.get("image_size") or model.hparams.get("input_dim", [3, 256, 256])[-1]
+    ds = dataset_for(data, attr_file, split, image_size=size)
+    logits, labels, rows = predict(model, ds, batch_size, device, progress)
+    stats = MultilabelStatScores(num_labels=NUM_ATTRIBUTES, average=None)(logits, labels.long())
+    auroc = MultilabelAUROC(num_labels=NUM_ATTRIBUTES, average=None)(logits, labels.long())
+    table = attribute_table(stats, auroc)
+    hi = attribute_name(attribute)
+    print(f"{'attribute':<22} {'acc':>6} {'bal.acc':>8} {'AUROC':>7} {'pos':>6}")
+    for name, row in table.items():
+        mark = " <==" if name == hi else ""
+        print(f"{name:<22} {row['accuracy']:6.3f} {row['balanced_accuracy']:8.3f} "
+              f"{row['auroc']:7.3f} {row['positives']:6d}{mark}")
+    written = []
+    if export_misclassified:
+        k = attribute_index(attribute)
+        wrong = ((logits[:, k] > 0).float() != labels[:, k]).nonzero().flatten()
+        out = Path(export_misclassified)
+        out.mkdir(parents=True, exist_ok=True)
+        for i in wrong.tolist():
+            row = int(rows[i])
+            path = out / f"{row}_{float(labels[i, k]):.1f}_misclassified.png"
+            save_image(ds.read_image(row), path)
+            written.append(path)
+        print(f"wrote {len(written)} misclassified images for {hi} to {out}")
+    return {"table": table, "misclassified": written}

@@ -58,6 +58,13 @@ def _finite(*ts: torch.Tensor) -> torch.Tensor:
     return ok
 
 
+def _initial_failures(x: torch.Tensor, logit0: torch.Tensor) -> list[str | None]:
+    """Samples that are broken before we start (non-finite input or classifier output)."""
+    ok = _finite(x, logit0)
+    return [None if bool(o) else "non-finite values in the input or its classifier logit"
+            for o in ok]
+
+
 def _init_frames(x, logit0, rec, logit_rec):
     return ([[x[i].cpu(), rec[i].cpu()] for i in range(len(x))],
             [[float(logit0[i]), float(logit_rec[i])] for i in range(len(x))])
@@ -87,8 +94,8 @@ def seed_ldvce(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, lr: f
     opt = torch.optim.Adam([z], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50)
     b = len(x)
-    active = torch.ones(b, dtype=torch.bool, device=x.device)
-    failed: list[str | None] = [None] * b
+    failed = _initial_failures(x, logit0)
+    active = torch.tensor([f is None for f in failed], dtype=torch.bool, device=x.device)
     cf = torch.zeros_like(x)
     rec = torch.zeros_like(x)
     flipped = torch.zeros(b, dtype=torch.bool)
@@ -109,7 +116,7 @@ def seed_ldvce(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, lr: f
         done = _toward(logit.detach(), target[idx])
         for j, i in enumerate(idx.tolist()):
             frames[i].append(img[j].detach().cpu())
-            frame_logits[i].append(float(logit[j]))
+            frame_logits[i].append(float(logit[j].detach()))
             if it == 0:
                 rec[i] = img[j].detach()
             if not bool(ok[j]):
@@ -171,10 +178,11 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
     cf = rec.clone()
     flipped = torch.zeros(b, dtype=torch.bool)
     iters = torch.zeros(b, dtype=torch.long)
-    failed: list[str | None] = [None] * b
+    failed = _initial_failures(x, logit0)
     used_scale = torch.zeros(b)
     pixel_masks = torch.zeros((b, 1, *x.shape[-2:]))
-    todo = torch.arange(b, device=x.device)
+    todo = torch.tensor([i for i in range(b) if failed[i] is None], dtype=torch.long,
+                        device=x.device)
     for attempt, s in enumerate((scale, *retry_scales)):
         if len(todo) == 0:
             break

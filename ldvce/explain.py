@@ -1,0 +1,319 @@
+"""``ldvce explain`` and ``ldvce crp``: LRP heatmaps and CRP concept analysis of a run or a folder.
+
+``explain`` writes, for each counterfactual folder ``OUT/<image_id>/`` of a generation run,
+``heatmap_<composite>_pre.png|.npy`` (original) and ``heatmap_<composite>_post.png|.npy``
+(counterfactual) — the ``.npy`` is the 2-D float relevance map, the PNG the same on a symmetric
+bwr scale with a colour bar (pre and post share the scale) — and the panel figure
+``OUT/panel.png`` (``panel_2.png``… beyond :data:`PANEL_ROWS` images) plus
+``OUT/explain_summary.json``. On a plain image folder it writes ``<out>/<image_id>/heatmap_*_pre.*``.
+
+``crp local`` analyses each original/counterfactual pair of a run (which concepts gained or lost
+relevance) — or, on a plain folder, each image's most relevant concepts; ``crp global`` runs
+relevance maximisation over a dataset and draws the attribute's top concepts with their
+reference images.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PANEL_ROWS = 12
+
+
+# -------------------------------------------------------------------------------- helpers
+def _device(name: str = "auto") -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_image_size(model) -> int:
+    """The square input size a classifier expects (ResNet: ``image_size``; MLP: ``input_dim``)."""
+    hp = getattr(model, "hparams", {}) or {}
+    if hp.get("input_dim"):
+        return int(list(hp["input_dim"])[-1])
+    return int(hp.get("image_size") or 256)
+
+
+def run_items(run_dir: Path) -> list[Path]:
+    """Counterfactual folders of a generation run (those with an ``original.png``), in manifest
+    order when there is one, else sorted by name."""
+    run_dir = Path(run_dir)
+    folders = {d.name: d for d in run_dir.iterdir()
+               if d.is_dir() and not d.name.startswith(".") and (d / "original.png").exists()}
+    order = []
+    manifest = run_dir / "manifest.jsonl"
+    if manifest.exists():
+        for line in manifest.read_text().splitlines():
+            try:
+                name = json.loads(line).get("image")
+            except json.JSONDecodeError:
+                continue
+            if name in folders and name not in order:
+                order.append(name)
+    order += sorted(n for n in folders if n not in order)
+    return [folders[n] for n in order]
+
+
+def is_run(folder: Path) -> bool:
+    return Path(folder).is_dir() and bool(run_items(folder))
+
+
+def _load_hrh(hrh_dir, image_id: str):
+    if not hrh_dir:
+        return None
+    p = Path(hrh_dir) / f"{image_id}.npy"
+    return np.load(p).astype(np.float32) if p.exists() else None
+
+
+def _decision_mass(heat: np.ndarray, logit: float, mask: np.ndarray) -> float | None:
+    """Share of the decision's positive relevance (relevance × sign(logit)) inside ``mask``."""
+    from xai.render import resize_map
+    m = resize_map(np.asarray(mask) > 0, heat.shape) > 0.5
+    p = np.clip(heat * (1.0 if logit >= 0 else -1.0), 0, None)
+    total = float(p.sum())
+    return float((p * m).sum() / total) if total > 0 else None
+
+
+# ------------------------------------------------------------------------------- explain
+def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attribute="Smiling",
+                start: str = "logit", hrh_dir=None, out_dir=None, size: int | None = None,
+                panel: bool = True, batch_size: int = 16, progress: bool = True) -> dict:
+    """LRP heatmaps for every image of a generation run (or a plain image folder) + panel.
+
+    Parameters
+    ----------
+    run_dir : ``ldvce generate`` output (``<id>/original.png``, ``counterfactual.png``…) or a
+        folder of images.
+    model : classifier (LightningModule or plain network), images in [-1, 1].
+    composites : registry names (:data:`xai.lrp.COMPOSITES`).
+    hrh_dir : folder of human relevance heatmaps ``<image_id>.npy`` (panel column + numbers).
+    out_dir : where to write; default: in place for a run, ``run_dir`` for a folder.
+    size : image size (default: the classifier's input size).
+
+    Returns
+    -------
+    dict with ``n``, per-composite means (``sum_pre``/``sum_post``: total relevance, which for
+    ``start="logit"`` approximates the logit where the rules conserve it; ``hrh_mass_pre``: share
+    of the decision's positive relevance inside the HRH, when HRHs are given), per-image
+    entries, ``panels`` and ``seconds_per_image``; also written to ``explain_summary.json``.
+    """
+    from tqdm import tqdm
+    from classifier.attributes import attribute_name
+    from classifier.images import load_folder, load_image
+    from xai.lrp import LABELS, attribute as lrp_attribute, parse_composites
+    from xai.render import PanelRow, heatmap_figure, panel_figure, symmetric_vmax
+
+    composites = parse_composites(composites)
+    run_dir = Path(run_dir)
+    size = size or model_image_size(model)
+    t0 = time.time()
+    if is_run(run_dir):
+        kind = "run"
+        folders = run_items(run_dir)
+        ids = [f.name for f in folders]
+        originals = [load_image(f / "original.png", size) for f in folders]
+        cfs = [load_image(f / "counterfactual.png", size) if (f / "counterfactual.png").exists()
+               else None for f in folders]
+        out_dir = Path(out_dir) if out_dir else run_dir
+        targets = [out_dir / i for i in ids]
+        results = [json.loads((f / "result.json").read_text()) if (f / "result.json").exists()
+                   else {} for f in folders]
+    else:
+        kind = "folder"
+        loaded = load_folder(run_dir, size)
+        for path, why in loaded.problems:
+            print(f"skipped {path.name}: {why}")
+        if not loaded.ids:
+            raise SystemExit(f"{run_dir}: neither a generation run nor a folder with images")
+        ids, originals, cfs = loaded.ids, loaded.images, [None] * len(loaded.ids)
+        out_dir = Path(out_dir) if out_dir else run_dir
+        targets = [out_dir / i for i in ids]
+        results = [{} for _ in ids]
+    have_cf = [i for i, c in enumerate(cfs) if c is not None]
+    maps: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    logits_pre = logits_post = None
+    for comp in tqdm(composites, desc="LRP", disable=not progress, dynamic_ncols=True):
+        pre = lrp_attribute(model, torch.stack(originals), attribute, comp, start,
+                            batch_size=batch_size, full=True)
+        post = (lrp_attribute(model, torch.stack([cfs[i] for i in have_cf]), attribute, comp,
+                              start, batch_size=batch_size, full=True) if have_cf else None)
+        from classifier.attributes import attribute_index
+        idx = attribute_index(attribute)
+        logits_pre = pre.logits[:, idx].numpy()
+        post_full = [None] * len(ids)
+        if post is not None:
+            logits_post = np.full(len(ids), np.nan)
+            for k, i in enumerate(have_cf):
+                post_full[i] = post.heatmap[k].numpy()
+                logits_post[i] = float(post.logits[k, idx])
+        maps[comp] = ([h.numpy() for h in pre.heatmap], post_full)
+    seconds = time.time() - t0
+    images, panel_rows = [], []
+    label = attribute_name(attribute)
+    for i, image_id in enumerate(ids):
+        folder = targets[i]
+        folder.mkdir(parents=True, exist_ok=True)
+        hrh = _load_hrh(hrh_dir, image_id)
+        entry = {"image": image_id, "logit_before": float(logits_pre[i]),
+                 "logit_after": (float(logits_post[i]) if logits_post is not None
+                                 and cfs[i] is not None else None),
+                 "flipped": results[i].get("flipped"), "composites": {}}
+        heat_pairs = {}
+        for comp in composites:
+            pre_h, post_h = maps[comp][0][i], maps[comp][1][i]
+            vmax = symmetric_vmax(pre_h, post_h)
+            lab = LABELS.get(comp, comp)
+            np.save(folder / f"heatmap_{comp}_pre.npy", pre_h.astype(np.float32))
+            heatmap_figure(pre_h, folder / f"heatmap_{comp}_pre.png", vmax=vmax,
+                           title=f"{lab} $x_0$ ({label} logit {logits_pre[i]:+.2f})")
+            stats = {"sum_pre": float(pre_h.sum())}
+            if post_h is not None:
+                np.save(folder / f"heatmap_{comp}_post.npy", post_h.astype(np.float32))
+                heatmap_figure(post_h, folder / f"heatmap_{comp}_post.png", vmax=vmax,
+                               title=f"{lab} $\\hat{{x}}_0$ ({label} logit {logits_post[i]:+.2f})")
+                stats["sum_post"] = float(post_h.sum())
+            if hrh is not None:
+                stats["hrh_mass_pre"] = _decision_mass(pre_h, logits_pre[i], hrh)
+            entry["composites"][comp] = stats
+            heat_pairs[comp] = (pre_h, post_h)
+        images.append(entry)
+        note = f"{entry['logit_before']:+.2f}" + (f" → {entry['logit_after']:+.2f}"
+                                                  if entry["logit_after"] is not None else "")
+        panel_rows.append(PanelRow(image_id, originals[i], cfs[i], heat_pairs, hrh, note=note))
+    panels = []
+    if panel and panel_rows:
+        for p, start_row in enumerate(range(0, len(panel_rows), PANEL_ROWS)):
+            name = "panel.png" if p == 0 else f"panel_{p + 1}.png"
+            panels.append(str(panel_figure(panel_rows[start_row: start_row + PANEL_ROWS],
+                                           composites, out_dir / name,
+                                           title=f"{label}: LRP of originals and counterfactuals"
+                                           if kind == "run" else f"{label}: LRP")))
+
+    def mean(key, comp):
+        vals = [e["composites"][comp].get(key) for e in images]
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    summary = {
+        "kind": kind, "n": len(ids), "attribute": label, "start": start,
+        "composites": {c: {"sum_pre": mean("sum_pre", c), "sum_post": mean("sum_post", c),
+                           "hrh_mass_pre": mean("hrh_mass_pre", c)} for c in composites},
+        "mean_logit_before": float(np.mean(logits_pre)),
+        "mean_logit_after": (float(np.nanmean(logits_post)) if logits_post is not None else None),
+        "seconds_per_image": seconds / max(1, len(ids) + len(have_cf)) / len(composites),
+        "panels": panels, "images": images,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "explain_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def explain_command(args) -> dict:
+    """Handler of ``ldvce explain`` (see ``ldvce explain --help``)."""
+    from classifier.models import load_classifier
+    model = load_classifier(args.classifier, map_location=_device(args.device))
+    summary = explain_run(args.run, model, args.composites, attribute=args.attribute,
+                          start=args.start, hrh_dir=args.hrh, out_dir=args.out, size=args.size)
+    where = Path(args.out or args.run)
+    print(f"{summary['n']} images explained with {', '.join(summary['composites'])} "
+          f"({summary['seconds_per_image'] * 1000:.0f} ms per heatmap) -> {where}")
+    for p in summary["panels"]:
+        print(f"panel: {p}")
+    return summary
+
+
+# ----------------------------------------------------------------------------------- crp
+def _data_paths(data, attr_file=None) -> tuple[Path, Path]:
+    data = Path(data)
+    if data.is_dir() and (data / "meta.json").exists():
+        import toyfaces
+        return toyfaces.paths(data)
+    attr = Path(attr_file) if attr_file else data.parent / "CelebAMask-HQ-attribute-anno.txt"
+    if not attr.exists():
+        raise SystemExit(f"--attr-file is required (no {attr})")
+    return data, attr
+
+
+def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4", top: int = 6,
+              out_dir="crp_local", size: int | None = None, composite="epsilon_plus_flat",
+              progress: bool = True) -> dict:
+    """CRP on a run (pairs: which concepts changed) or a plain image folder (top concepts).
+
+    Writes ``<image_id>_crp.png`` and ``<image_id>_crp.json`` per image and ``crp_local.json``
+    with, for runs, how often each concept was among the most changed ones.
+    """
+    from tqdm import tqdm
+    from classifier.attributes import attribute_name
+    from classifier.images import load_folder, load_image
+    from xai import crp as C
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = size or model_image_size(model)
+    layers = C.resolve_layers(model, layers)
+    per_image, counts = {}, {}
+    if is_run(run_dir):
+        folders = [f for f in run_items(run_dir) if (f / "counterfactual.png").exists()]
+        for f in tqdm(folders, desc="CRP pairs", disable=not progress, dynamic_ncols=True):
+            x0, x1 = load_image(f / "original.png", size), load_image(f / "counterfactual.png", size)
+            res = C.pair_analysis(model, x0, x1, attribute, layers, top, composite)
+            C.pair_figure(res, x0, x1, out_dir / f"{f.name}_crp.png",
+                          title=f"{f.name}: concepts whose relevance for "
+                                f"{res['attribute']} changed most")
+            js = C.json_ready(res)
+            (out_dir / f"{f.name}_crp.json").write_text(json.dumps(js, indent=1))
+            per_image[f.name] = {"logit_before": js["logit_before"], "logit_after": js["logit_after"],
+                                 "changed": [e["concept"] for e in js["changed_overall"]]}
+            for e in js["changed_overall"]:
+                counts[e["concept"]] = counts.get(e["concept"], 0) + 1
+        kind = "pairs"
+    else:
+        loaded = load_folder(run_dir, size)
+        for image_id, x in tqdm(list(zip(loaded.ids, loaded.images)), desc="CRP",
+                                disable=not progress, dynamic_ncols=True):
+            res = C.local_analysis(model, x, attribute, layers, top, composite)
+            C.local_figure(res, x, out_dir / f"{image_id}_crp.png", title=image_id)
+            js = C.json_ready(res)
+            (out_dir / f"{image_id}_crp.json").write_text(json.dumps(js, indent=1))
+            per_image[image_id] = {"logit": js["logit"], "top": {
+                l: [C.concept_id(l, c) for c in v["channels"]] for l, v in js["layers"].items()}}
+        kind = "images"
+    summary = {"kind": kind, "attribute": attribute_name(attribute), "layers": layers,
+               "composite": composite, "n": len(per_image), "images": per_image,
+               "most_often_changed": sorted(counts.items(), key=lambda kv: -kv[1])[:20]}
+    (out_dir / "crp_local.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def crp_command(args) -> dict:
+    """Handler of ``ldvce crp local|global`` (see ``ldvce crp --help``)."""
+    from classifier.models import load_classifier
+    model = load_classifier(args.classifier, map_location=_device(args.device))
+    out = Path(args.out)
+    if args.mode == "local":
+        if not args.run:
+            raise SystemExit("crp local needs --run (a generation run or an image folder)")
+        s = crp_local(args.run, model, args.attribute, args.layers, args.top, out)
+        print(f"CRP local: {s['n']} {s['kind']} -> {out}")
+        if s["most_often_changed"]:
+            print("concepts most often among the most changed: "
+                  + ", ".join(f"{c} ({k}×)" for c, k in s["most_often_changed"][:6]))
+        return s
+    if not args.data:
+        raise SystemExit("crp global needs --data (a CelebA-HQ LMDB or a toyfaces folder)")
+    from classifier import CelebHQAttrDataset
+    from xai.crp import global_analysis
+    lmdb, attr = _data_paths(args.data, args.attr_file)
+    ds = CelebHQAttrDataset(lmdb, attr, split="all", image_size=model_image_size(model),
+                            augment=False)
+    t0 = time.time()
+    r = global_analysis(model, ds, args.attribute, args.layers, out, n=args.n, top=args.top)
+    print(f"CRP global over {r['n']} images ({r['n_positive']} with {r['attribute']}) in "
+          f"{time.time() - t0:.1f} s -> {r.get('figure')}")
+    for layer, entries in r["layers"].items():
+        print(f"  {layer}: " + ", ".join(f"#{e['channel']} ({e['mean_share']:+.3f})" for e in entries))
+    return r

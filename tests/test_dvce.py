@@ -1,0 +1,139 @@
+"""Sampler and runner mechanics on a tiny random-weight LDM (fast); quality is tested on the
+trained toy LDM in tests/test_quality.py."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dvce import runner
+from dvce.ldm import build_random_ldm, toy_unet_config, toy_vq_config
+from dvce.samplers import SAMPLERS, Problem, get_sampler
+
+
+class BrightnessClassifier(torch.nn.Module):
+    """Attribute 31 = 'the image is bright'; NaN for a pure white image (a poisoned input)."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1)
+        logit = 20 * (m - 0.02)
+        poisoned = (x.flatten(1) > 0.999).all(1)
+        logit = torch.where(poisoned, torch.full_like(logit, float("nan")), logit)
+        out = torch.zeros(len(x), 40, dtype=x.dtype)
+        out[:, 31] = logit
+        return out
+
+
+@pytest.fixture(scope="module")
+def problem():
+    ldm = build_random_ldm(toy_vq_config(64), toy_unet_config(16), seed=1)
+    return Problem(ldm, BrightnessClassifier(), 31)
+
+
+def _images(n, seed=0, level=-0.2):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, 64, 64, generator=g) * 0.4 + level).clamp(-1, 1)
+
+
+@pytest.mark.parametrize("method", sorted(SAMPLERS))
+def test_samplers_share_one_signature_and_are_deterministic(problem, method):
+    x = _images(3)
+    target = torch.ones(3)
+    opts = {"seed": dict(max_iter=2, num_steps=20, t_start=200),
+            "guided": dict(num_steps=20, t_start=200, retry_scales=())}[method]
+    a = get_sampler(method)(problem, x, target, **opts)
+    b = get_sampler(method)(problem, x, target, **opts)
+    assert a.counterfactual.shape == x.shape and a.reconstruction.shape == x.shape
+    assert torch.equal(a.counterfactual, b.counterfactual)
+    for i in range(3):
+        assert torch.equal(a.frames[i][0], x[i])  # frame 0 is the original
+        assert len(a.frames[i]) == len(a.frame_logits[i]) >= 3
+    assert a.failed == [None] * 3
+
+
+def test_seed_stops_per_sample(problem):
+    x = _images(2)
+    opts = dict(num_steps=20, t_start=200, lr=0.5)
+    rec_logit = torch.tensor([l[1] for l in SAMPLERS["seed"](problem, x, torch.ones(2), max_iter=0,
+                                                             **opts).frame_logits])
+    # sample 0 asks for what its reconstruction already shows, sample 1 for the opposite
+    target = torch.stack([(rec_logit[0] > 0).float(), (rec_logit[1] <= 0).float()])
+    res = SAMPLERS["seed"](problem, x, target, max_iter=3, **opts)
+    assert res.iterations[0] == 0 and res.flipped[0] and len(res.frames[0]) == 2
+    assert res.iterations[1] >= 1 and len(res.frames[1]) == 2 + int(res.iterations[1])
+
+
+def test_unknown_method_lists_available():
+    with pytest.raises(KeyError, match="seed"):
+        get_sampler("nope")
+
+
+def test_nan_sample_fails_without_spoiling_the_batch(problem, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, x in enumerate(_images(3)):
+        Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)).save(folder / f"img{i}.png")
+    Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(folder / "white.png")  # -> NaN logit
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "readme.txt").write_text("hello")
+    out = tmp_path / "out"
+    summary = runner.run(runner.folder_items(folder, 64), problem, out, method="guided",
+                         batch_size=8, options=dict(num_steps=20, t_start=200, retry_scales=()),
+                         progress=False)
+    manifest = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    status = {e["image"]: e["status"] for e in manifest}
+    assert status["white"] == "failed" and status["broken"] == "unreadable"
+    assert status["readme"] == "unreadable"
+    assert all(status[f"img{i}"] in ("ok", "not_flipped") for i in range(3))
+    for i in range(3):
+        r = json.loads((out / f"img{i}" / "result.json").read_text())
+        assert np.isfinite(r["logit_after"]) and np.isfinite(r["l1"])
+        assert (out / f"img{i}" / "sequence.gif").exists()
+        assert len(list((out / f"img{i}" / "sequence").glob("*.png"))) == len(r["frames"])
+    assert not (out / "white").exists()
+    assert summary["n"] == 6 and summary["n_failed"] == 1 and summary["n_unreadable"] == 2
+
+
+def test_interrupted_run_resumes_to_exactly_one_complete_result(problem, tmp_path, monkeypatch):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, x in enumerate(_images(16, seed=3)):
+        Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)).save(folder / f"{i:02d}.png")
+    out = tmp_path / "out"
+    opts = dict(num_steps=20, t_start=100, retry_scales=())
+    items = runner.folder_items(folder, 64)
+
+    # 1st run: Ctrl-C in the middle of writing the 3rd batch's second folder
+    real_write, calls = runner.write_result_folder, {"n": 0}
+
+    def flaky_write(out_, image_id, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            (out_ / f".{image_id}.partial").mkdir()
+            (out_ / f".{image_id}.partial" / "original.png").write_bytes(b"half")
+            raise KeyboardInterrupt
+        return real_write(out_, image_id, *a, **k)
+
+    monkeypatch.setattr(runner, "write_result_folder", flaky_write)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(items, problem, out, batch_size=4, options=opts, progress=False)
+    monkeypatch.setattr(runner, "write_result_folder", real_write)
+    done_first = {d.name for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    assert len(done_first) == 9  # folders only appear complete
+    assert all((out / d / "result.json").exists() for d in done_first)
+    manifest_first = [json.loads(l)["image"] for l in (out / "manifest.jsonl").read_text().splitlines()]
+    assert set(manifest_first) <= done_first
+
+    # 2nd run: same command; finished images are skipped, not regenerated
+    mtimes = {d: (out / d / "result.json").stat().st_mtime_ns for d in done_first}
+    summary = runner.run(items, problem, out, batch_size=4, options=opts, progress=False)
+    folders = {d.name for d in out.iterdir() if d.is_dir()}
+    assert folders == {f"{i:02d}" for i in range(16)}  # no .partial left behind
+    assert all((out / d / "result.json").stat().st_mtime_ns == mtimes[d] for d in done_first)
+    manifest = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(e["image"] for e in manifest) == sorted(folders)
+    for e in manifest:
+        r = json.loads((out / e["image"] / "result.json").read_text())
+        assert r["status"] == e["status"]
+    assert summary["n"] == 16 and summary["n_generated"] == 16

@@ -100,10 +100,10 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
     dict with ``n``, per-composite means (``sum_pre``/``sum_post``: total relevance, which for
     ``start="logit"`` approximates the logit where the rules conserve it; ``hrh_mass_pre``: share
     of the decision's positive relevance inside the HRH, when HRHs are given), per-image
-    entries, ``panels`` and ``seconds_per_image``; also written to ``explain_summary.json``.
+    entries, ``panels`` and ``seconds_per_heatmap`` (LRP time per image and composite); also written to ``explain_summary.json``.
     """
     from tqdm import tqdm
-    from classifier.attributes import attribute_name
+    from classifier.attributes import attribute_index, attribute_name
     from classifier.images import load_folder, load_image
     from xai.lrp import LABELS, attribute as lrp_attribute, parse_composites
     from xai.render import PanelRow, heatmap_figure, panel_figure, symmetric_vmax
@@ -135,6 +135,7 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
         targets = [out_dir / i for i in ids]
         results = [{} for _ in ids]
     have_cf = [i for i, c in enumerate(cfs) if c is not None]
+    idx = attribute_index(attribute)
     maps: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     logits_pre = logits_post = None
     for comp in tqdm(composites, desc="LRP", disable=not progress, dynamic_ncols=True):
@@ -142,8 +143,6 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
                             batch_size=batch_size, full=True)
         post = (lrp_attribute(model, torch.stack([cfs[i] for i in have_cf]), attribute, comp,
                               start, batch_size=batch_size, full=True) if have_cf else None)
-        from classifier.attributes import attribute_index
-        idx = attribute_index(attribute)
         logits_pre = pre.logits[:, idx].numpy()
         post_full = [None] * len(ids)
         if post is not None:
@@ -205,7 +204,7 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
                            "hrh_mass_pre": mean("hrh_mass_pre", c)} for c in composites},
         "mean_logit_before": float(np.mean(logits_pre)),
         "mean_logit_after": (float(np.nanmean(logits_post)) if logits_post is not None else None),
-        "seconds_per_image": seconds / max(1, len(ids) + len(have_cf)) / len(composites),
+        "seconds_per_heatmap": seconds / max(1, len(ids) + len(have_cf)) / len(composites),
         "panels": panels, "images": images,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +220,7 @@ def explain_command(args) -> dict:
                           start=args.start, hrh_dir=args.hrh, out_dir=args.out, size=args.size)
     where = Path(args.out or args.run)
     print(f"{summary['n']} images explained with {', '.join(summary['composites'])} "
-          f"({summary['seconds_per_image'] * 1000:.0f} ms per heatmap) -> {where}")
+          f"({summary['seconds_per_heatmap'] * 1000:.0f} ms per heatmap) -> {where}")
     for p in summary["panels"]:
         print(f"panel: {p}")
     return summary

@@ -62,3 +62,14 @@ def toy_classifier(name: str = "toy_resnet", quiet: bool = True) -> Path:
     shutil.copy(best, tmp)
     tmp.replace(ckpt)
     return ckpt
+
+
+def resolve_classifier(name_or_path: str) -> Path:
+    """A toy classifier name (``toy_resnet``, ``toy_linear``, ``toy_oracle``) or a checkpoint path."""
+    if str(name_or_path) in TOY_CLASSIFIERS:
+        return toy_classifier(str(name_or_path))
+    p = Path(name_or_path)
+    if not p.exists():
+        raise FileNotFoundError(f"classifier checkpoint not found: {p} (or use one of "
+                                f"{', '.join(TOY_CLASSIFIERS)} for the toy world)")
+    return p

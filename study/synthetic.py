@@ -51,3 +51,63 @@ def random_study(seed: int = 0, n_participants: int = 6, selection_images=("100"
             if polys:
                 polygons[img][pid] = polys
     return pids, selections, polygons
+
+
+def convex_hull(points: np.ndarray) -> np.ndarray:
+    """Convex hull (Andrew's monotone chain) of (N, 2) points, counter-clockwise."""
+    pts = np.unique(np.asarray(points, dtype=float), axis=0)
+    if len(pts) < 3:
+        return pts
+    pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
+
+    def half(seq):
+        out = []
+        for p in seq:
+            while len(out) >= 2 and np.cross(out[-1] - out[-2], p - out[-2]) <= 0:
+                out.pop()
+            out.append(p)
+        return out
+
+    lower, upper = half(pts), half(pts[::-1])
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def simulate_study(masks, switch_frames, n_participants: int = 8, seed: int = 0,
+                   display_size: int = 512, jitter_px: float = 10.0, p_distractor: float = 0.25,
+                   frame_noise: int = 1, max_frame: int | None = None):
+    """A study answered by simulated annotators who know the ground truth, with noise.
+
+    Each annotator outlines the convex hull of the true region (``masks[img]``, a bool array at
+    any resolution) with vertices jittered by ``jitter_px`` display pixels, sometimes adds a
+    distractor polygon elsewhere, and picks the frame ``switch_frames[img]`` ± ``frame_noise``
+    (or -1 when the switch frame is None). Returns (participants, selections, polygons) in
+    :func:`study.export.write_export`'s input form.
+    """
+    rng = np.random.default_rng(seed)
+    pids = [f"sim{i:03d}" for i in range(n_participants)]
+    selections, polygons = {}, {}
+    for img, mask in masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        k = display_size / mask.shape[0]
+        ys, xs = np.nonzero(mask)
+        hull = convex_hull(np.stack([(xs + 0.5) * k, (ys + 0.5) * k], 1)) if len(xs) else None
+        polygons[img] = {}
+        for pid in pids:
+            polys = []
+            if hull is not None and len(hull) >= 3:
+                pts = np.clip(hull + rng.normal(0, jitter_px, hull.shape), 0, display_size)
+                polys.append(Polygon(tuple((float(np.float32(a)), float(np.float32(b))) for a, b in pts)))
+            if rng.random() < p_distractor:
+                centre = rng.uniform(0.2, 0.8, 2) * display_size
+                polys.append(random_polygon(rng, centre, display_size * 0.06, 6, display_size))
+            polygons[img][pid] = polys
+    for img, sw in switch_frames.items():
+        selections[img] = {}
+        for pid in pids:
+            if sw is None:
+                choice = -1
+            else:
+                choice = int(sw) + int(rng.integers(-frame_noise, frame_noise + 1))
+                choice = max(0, choice if max_frame is None else min(choice, max_frame))
+            selections[img][pid] = choice
+    return pids, selections, polygons

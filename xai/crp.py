@@ -443,6 +443,29 @@ def pair_figure(result: dict, original, counterfactual, path, title: str | None 
     return save_figure(fig, path, dpi=dpi)
 
 
+def local_figure(result: dict, image, path, title: str | None = None, dpi: int = 120) -> Path:
+    """Figure of :func:`local_analysis`: the image, its LRP heatmap, and per layer a row of the
+    most relevant concepts' conditional heatmaps (each on its own symmetric scale)."""
+    from xai.render import _figure, heatmap_rgb, save_figure, to_uint8_image
+    layers = list(result["layers"])
+    k = max((len(v["channels"]) for v in result["layers"].values()), default=0)
+    cell = 1.35
+    fig = _figure((2 + k) * cell + 0.4, max(len(layers), 1) * cell + 0.8)
+    gs = fig.add_gridspec(max(len(layers), 1), 2 + k, wspace=0.08, hspace=0.4)
+    ax = fig.add_subplot(gs[0, 0]); ax.imshow(to_uint8_image(image)); ax.set_xticks([]); ax.set_yticks([])
+    ax.set_title(f"logit {result['logit']:+.2f}", fontsize=7)
+    ax = fig.add_subplot(gs[0, 1]); ax.imshow(heatmap_rgb(result["heatmap"]))
+    ax.set_xticks([]); ax.set_yticks([]); ax.set_title("LRP", fontsize=7)
+    for li, layer in enumerate(layers):
+        v = result["layers"][layer]
+        for ci, (c, share) in enumerate(zip(v["channels"], v["share"])):
+            ax = fig.add_subplot(gs[li, 2 + ci])
+            ax.imshow(heatmap_rgb(v["heatmaps"][ci])); ax.set_xticks([]); ax.set_yticks([])
+            ax.set_title(f"{layer.removeprefix('net.')} #{c}\nshare {share:+.2f}", fontsize=6.5)
+    fig.suptitle(title or f"CRP: most relevant concepts for {result['attribute']}", fontsize=9)
+    return save_figure(fig, path, dpi=dpi)
+
+
 # ========================================================================= global analysis
 class PairDataset(Dataset):
     """``(image, labels)`` pairs, as zennit-crp expects, from a dataset of dicts

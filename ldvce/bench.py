@@ -1,0 +1,178 @@
+"""Benchmarks that measure things side by side in one process and print ratios.
+
+``ldvce bench generate``: the seed-faithful lDVCE (batch 1, as the seed ran) against this
+project's best configuration on the same toy images, classifier and LDM.
+``ldvce bench generate --gpu``: the same comparison for time per image with the exact CompVis
+architecture at 256² (random weights) on a CUDA GPU.
+``ldvce bench ldm``: quality of the shipped toy LDM on unseen toy images.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# The configurations compared. SEED_FAITHFUL is DESIGN.md §5.1 (with its off-by-one fixed);
+# BEST is what `ldvce generate` uses by default.
+SEED_FAITHFUL = dict(method="seed", batch_size=1,
+                     options=dict(lr=0.01, max_iter=20, l1_weight=10.0, num_steps=100, t_start=780))
+BEST = dict(method="guided", batch_size=16, options=dict())
+
+
+def _toy_setup(n: int, device):
+    from classifier.models import load_classifier
+    from dvce.ldm import load_ldm
+    from ldvce.toyworld import TEST_DATA, toy_classifier, toy_data
+    import toyfaces
+    data = toy_data(TEST_DATA)
+    clf = load_classifier(toy_classifier("toy_resnet"), map_location=device).requires_grad_(False)
+    ldm = load_ldm("toy", device=device)
+    masks = toyfaces.load_masks(data)
+    return data, clf, ldm, masks
+
+
+def pick_not_smiling(clf, data, n: int, device="cpu") -> list[int]:
+    """The first ``n`` test-split rows the classifier calls not smiling (the seed's use case)."""
+    from classifier.evaluate import dataset_for, predict
+    ds = dataset_for(data, split="all")
+    logits, _, rows = predict(clf, ds, device=device, progress=False)
+    keep = rows[logits[:, 31] <= 0].tolist()
+    return keep[:n]
+
+
+def _run_config(cfg, problem, x, masks_row):
+    from dvce.metrics import localization
+    from dvce.samplers import get_sampler
+    sampler = get_sampler(cfg["method"])
+    bs = cfg["batch_size"]
+    target = torch.ones(len(x))
+    t0 = time.perf_counter()
+    outs = [sampler(problem, x[i:i + bs], target[i:i + bs], **cfg["options"])
+            for i in range(0, len(x), bs)]
+    seconds = time.perf_counter() - t0
+    cf = torch.cat([o.counterfactual.cpu() for o in outs])
+    flipped = torch.cat([o.flipped for o in outs]).float()
+    delta = (cf - x.cpu()).abs()
+    loc = [localization(delta[i].sum(0).numpy(), masks_row[i]) for i in range(len(x))]
+    return {"method": cfg["method"], "batch_size": bs, "options": cfg["options"],
+            "images": len(x), "seconds": seconds, "images_per_s": len(x) / seconds,
+            "flip_rate": float(flipped.mean()), "mean_l1": float(delta.flatten(1).mean(1).mean()),
+            "localization": float(np.nanmean(loc))}
+
+
+def bench_generate_toy(n: int = 8, device="cpu", seed_n: int | None = None) -> dict:
+    """Seed-faithful vs best on ``n`` toy images (the seed config may run on fewer, ``seed_n``)."""
+    from dvce.samplers import Problem
+    data, clf, ldm, masks = _toy_setup(n, device)
+    from classifier.evaluate import dataset_for
+    rows = pick_not_smiling(clf, data, n, device)
+    ds = dataset_for(data, split="all")
+    x = torch.stack([ds.read_image(r) for r in rows]).to(device)
+    region = masks["Smiling"][rows]
+    problem = Problem(ldm, clf, 31)
+    k = seed_n or len(x)
+    seed = _run_config(SEED_FAITHFUL, problem, x[:k], region[:k])
+    best = _run_config(BEST, problem, x, region)
+    return {"world": "toyfaces", "device": str(device), "rows": rows, "seed_faithful": seed,
+            "best": best, "speedup": best["images_per_s"] / seed["images_per_s"]}
+
+
+def bench_generate_gpu(n: int = 8, iterations: int = 5) -> dict:
+    """Time per image with the exact CompVis architecture at 256² (random weights) on CUDA.
+
+    Random weights never flip a decision, so the seed-faithful run is timed for a fixed number
+    of optimisation ``iterations`` (the seed needed 2–15) and the best configuration for its full
+    schedule without retries.
+    """
+    from classifier.models import ResNet50Classifier
+    from dvce.ldm import COMPVIS_UNET_CONFIG, COMPVIS_VQ_CONFIG, build_random_ldm
+    from dvce.samplers import Problem, get_sampler
+    dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    res = {}
+    for name, dtype, cfg, bs in (
+            ("seed_faithful", torch.float32, dict(method="seed", options=dict(
+                max_iter=iterations, margin=1e6, num_steps=100, t_start=780)), 1),
+            ("best", torch.bfloat16, dict(method="guided", options=dict(retry_scales=())), n)):
+        ldm = build_random_ldm(COMPVIS_VQ_CONFIG, COMPVIS_UNET_CONFIG).to(dev, dtype)
+        clf = ResNet50Classifier(arch="resnet50").eval().requires_grad_(False).to(dev, dtype)
+        problem = Problem(ldm, clf, 31)
+        x = torch.rand(bs, 3, 256, 256, device=dev, dtype=dtype) * 2 - 1
+        sampler = get_sampler(cfg["method"])
+        sampler(problem, x[:1], torch.ones(1), **{**cfg["options"], **(
+            {"max_iter": 1} if cfg["method"] == "seed" else {"num_steps": 10})})  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        sampler(problem, x, torch.ones(bs), **cfg["options"])
+        torch.cuda.synchronize()
+        res[name] = {"seconds_per_image": (time.perf_counter() - t0) / bs, "batch_size": bs,
+                     "dtype": str(dtype), **cfg}
+        del ldm, clf
+        torch.cuda.empty_cache()
+    res["speedup"] = res["seed_faithful"]["seconds_per_image"] / res["best"]["seconds_per_image"]
+    res["device"] = torch.cuda.get_device_name()
+    return res
+
+
+@torch.no_grad()
+def bench_ldm(n: int = 200, device="cpu") -> dict:
+    """Toy LDM quality on unseen toy images (issue thresholds in parentheses)."""
+    from classifier.evaluate import dataset_for
+    from dvce import diffusion
+    data, clf, ldm, _ = _toy_setup(n, device)
+    ds = dataset_for(data, split="all")
+    x = torch.stack([ds.read_image(r) for r in range(min(n, len(ds)))]).to(device)
+    rec, inv = [], []
+    for i in range(0, len(x), 50):
+        xb = x[i:i + 50]
+        z = diffusion.encode(ldm, xb)
+        rec.append(diffusion.decode(ldm, z).clamp(-1, 1))
+        ts = diffusion.schedule(780, 100)
+        inv.append(diffusion.decode(ldm, diffusion.ddim_denoise(
+            ldm, diffusion.ddim_invert(ldm, z, ts), ts)).clamp(-1, 1))
+    rec, inv = torch.cat(rec), torch.cat(inv)
+    agree = ((clf(x)[:, 31] > 0) == (clf(rec)[:, 31] > 0)).float().mean()
+    samples = diffusion.sample(ldm, 64, num_steps=50, generator=torch.Generator().manual_seed(0))
+    p = torch.sigmoid(clf(samples)[:, 31])
+    return {"images": len(x),
+            "vq_roundtrip_l1": float((rec - x).abs().mean()),
+            "smiling_agreement_on_reconstruction": float(agree),
+            "ddim_780_roundtrip_l1_vs_vq": float((inv - rec).abs().mean()),
+            "ddim_780_roundtrip_l1_vs_original": float((inv - x).abs().mean()),
+            "samples_confident_smiling_share": float(((p < 0.1) | (p > 0.9)).float().mean()),
+            "thresholds": {"vq_roundtrip_l1": "<= 0.05", "smiling_agreement_on_reconstruction": ">= 0.95",
+                           "ddim_780_roundtrip_l1_vs_vq": "<= 0.05"}}
+
+
+def _print_generate(r: dict) -> None:
+    s, b = r["seed_faithful"], r["best"]
+    print(f"{'configuration':<28}{'images':>7}{'img/s':>9}{'flip':>7}{'L1':>8}{'loc':>7}")
+    for name, row in (("seed-faithful (seed, bs 1)", s), (f"best ({b['method']}, bs {b['batch_size']})", b)):
+        print(f"{name:<28}{row['images']:>7}{row['images_per_s']:>9.3f}{row['flip_rate']:>7.2f}"
+              f"{row['mean_l1']:>8.4f}{row['localization']:>7.2f}")
+    print(f"speedup (best / seed-faithful images per second): {r['speedup']:.1f}x")
+
+
+def bench_command(a) -> None:
+    from ldvce.cli import _device
+    if a.bench_command == "ldm":
+        r = bench_ldm(a.n)
+        for k, v in r.items():
+            print(f"{k:<40} {v}")
+    elif a.gpu:
+        if not torch.cuda.is_available():
+            print("no CUDA GPU here: the 256² CompVis-architecture timing is skipped "
+                  "(run `ldvce bench generate --gpu` on a GPU machine)")
+            return
+        r = bench_generate_gpu(a.n)
+        print(json.dumps(r, indent=2))
+    else:
+        r = bench_generate_toy(a.n, _device(a.device))
+        _print_generate(r)
+    if a.json:
+        Path(a.json).write_text(json.dumps(r, indent=2, default=str))
+        print(f"wrote {a.json}")

@@ -1,0 +1,179 @@
+"""`ldvce demo`: the whole pipeline on the offline toy world, end to end.
+
+data → classifiers (cached) → toy LDM (shipped) → counterfactuals (best sampler) → metrics
+(oracle MNAC, localisation) → LRP heatmaps + panel → CRP local analysis → simulated study
+(annotators = ground-truth masks with noise, selection = first frame the oracle calls smiling)
+evaluated with the study code → overview.png, report.html, summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ATTRIBUTE = "Smiling"
+
+
+def _step(msg: str) -> None:
+    print(f"[ldvce demo] {msg}", flush=True)
+
+
+def classifier_accuracy(clf, data, attribute=ATTRIBUTE) -> float:
+    """Accuracy of ``clf`` on ``attribute`` over a whole (held-out) toyfaces folder."""
+    from classifier.attributes import attribute_index
+    from classifier.evaluate import dataset_for, predict
+    logits, labels, _ = predict(clf, dataset_for(data, split="all"), progress=False)
+    k = attribute_index(attribute)
+    return float(((logits[:, k] > 0).float() == labels[:, k]).float().mean())
+
+
+def oracle_switch_frames(run_dir: Path, oracle, attribute_idx: int) -> dict[str, int | None]:
+    """Per image: first sequence frame the *oracle* calls smiling (the simulated participants'
+    answer to the selection task), None when no frame is."""
+    from classifier.images import load_image
+    out = {}
+    for d in sorted(p for p in run_dir.iterdir() if (p / "result.json").exists()):
+        frames = sorted((d / "sequence").glob("*.png"))
+        x = torch.stack([load_image(f, None) for f in frames])
+        with torch.no_grad():
+            logit = oracle(x)[:, attribute_idx]
+        hits = (logit > 0).nonzero().flatten()
+        out[d.name] = int(hits[0]) if len(hits) else None
+    return out
+
+
+def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None) -> dict:
+    from classifier.attributes import attribute_index
+    from classifier.models import load_classifier
+    from dvce import runner
+    from dvce.ldm import load_ldm
+    from dvce.metrics import evaluate_run, write_metrics
+    from dvce.samplers import Problem
+    from ldvce.report import write_report
+    from ldvce.toyworld import TEST_DATA, toy_classifier, toy_data
+    import toyfaces
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = n_images or (4 if quick else 8)
+    k = attribute_index(ATTRIBUTE)
+
+    _step("toy data (cached after the first run)")
+    toy_data()
+    test_data = toy_data(TEST_DATA)
+    masks = toyfaces.load_masks(test_data)
+
+    _step("classifiers: toy ResNet and the oracle (trained once, then cached)")
+    clf = load_classifier(toy_classifier("toy_resnet")).requires_grad_(False)
+    oracle = load_classifier(toy_classifier("toy_oracle")).requires_grad_(False)
+    acc = classifier_accuracy(clf, test_data)
+    _step(f"classifier accuracy on {ATTRIBUTE} (held-out seed): {acc:.3f}")
+
+    _step("loading the shipped toy LDM")
+    ldm = load_ldm("toy")
+
+    from ldvce.bench import pick_not_smiling, BEST
+    rows = pick_not_smiling(clf, test_data, n)
+    lmdb_path, attr_path = toyfaces.paths(test_data)
+    items = runner.lmdb_items(lmdb_path, attr_path, rows, ldm.image_size)
+    run_dir = out / "counterfactuals"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    _step(f"generating counterfactuals for {len(items)} not-smiling test faces ({BEST['method']})")
+    gen_summary = runner.run(items, Problem(ldm, clf, k), run_dir, method=BEST["method"],
+                             target=1, batch_size=BEST["batch_size"], options=BEST["options"],
+                             settings={"attribute": ATTRIBUTE, "ldm": "toy", "classifier": "toy_resnet"})
+    metrics = evaluate_run(run_dir, oracle=oracle, masks=masks, attribute=ATTRIBUTE,
+                           oracle_attributes=[attribute_index(a) for a in toyfaces.MODELLED])
+    write_metrics(run_dir, metrics)
+
+    _step("LRP heatmaps of originals and counterfactuals")
+    from ldvce.explain import explain_run
+    hrh_dir = out / "study" / "hrh"
+    xai_summary = explain_run(run_dir, clf, ["lrp0", "epsilon_plus_flat"], ATTRIBUTE, "logit")
+    rma = _relevance_mass(run_dir, masks, "epsilon_plus_flat")
+
+    _step("CRP: which concepts changed between original and counterfactual")
+    crp_summary = _crp_local(run_dir, clf, out / "crp")
+
+    _step("simulated user study (ground-truth masks + noise) evaluated with the study code")
+    study_summary, study_agreement = _simulated_study(run_dir, masks, oracle, k, out / "study")
+
+    _step("overview figure and report")
+    xai_summary = explain_run(run_dir, clf, ["lrp0", "epsilon_plus_flat"], ATTRIBUTE, "logit",
+                              hrh_dir=hrh_dir, panel_path=out / "overview.png")
+    summary = {
+        "classifier_accuracy": acc,
+        "flip_rate": metrics["flip_rate"], "l1": metrics["l1"],
+        "localization": metrics["localization"], "mnac": metrics["mnac"],
+        "relevance_mass_accuracy": rma, "study_agreement": study_agreement,
+        "images": len(items), "method": BEST["method"],
+        "seconds_per_image": gen_summary["seconds_per_image"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    runner.write_json(out / "summary.json", summary)
+    write_report(out, summary, metrics, study_summary, crp_summary)
+    _step(f"done in {summary['seconds']:.0f} s")
+    for name in ("overview.png", "report.html", "summary.json"):
+        print(f"  {out / name}")
+    return summary
+
+
+def _relevance_mass(run_dir: Path, masks, composite: str) -> float:
+    """Mean share of positive LRP relevance (pre, original image) inside the target's true region."""
+    from study.metrics import relevance_mass_accuracy
+    vals = []
+    for d in sorted(run_dir.iterdir()):
+        f = d / f"heatmap_{composite}_pre.npy"
+        if f.exists():
+            row = json.loads((d / "result.json").read_text())["source"]["index"]
+            vals.append(relevance_mass_accuracy(np.load(f), masks[ATTRIBUTE][row]))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _crp_local(run_dir: Path, clf, out: Path) -> dict:
+    from ldvce.explain import crp_command
+    args = argparse.Namespace(mode="local", classifier=None, model=clf, attribute=ATTRIBUTE,
+                              run=str(run_dir), data=None, attr_file=None,
+                              layers="net.layer3,net.layer4", top=4, n=0, out=str(out),
+                              device="cpu", max_pairs=2)
+    return crp_command(args) or {}
+
+
+def _simulated_study(run_dir: Path, masks, oracle, k: int, out: Path):
+    from study import evaluate_study, write_export
+    from study.synthetic import simulate_study
+    results = {d.name: json.loads((d / "result.json").read_text())
+               for d in run_dir.iterdir() if (d / "result.json").exists()}
+    region = {img: masks[ATTRIBUTE][r["source"]["index"]] for img, r in results.items()}
+    switch = oracle_switch_frames(run_dir, oracle, k)
+    pids, selections, polygons = simulate_study(region, switch, n_participants=8, seed=0)
+    out.mkdir(parents=True, exist_ok=True)
+    export = out / "simulated_export.csv"
+    write_export(export, selections, polygons, pids)
+    images = out / "images"
+    images.mkdir(exist_ok=True)
+    for img in results:  # the study shows the originals
+        shutil.copy(run_dir / img / "original.png", images / f"{img}_1.0_misclassified.png")
+    summary = evaluate_study(export, images, out, heatmaps_dir=run_dir, runs_dir=run_dir,
+                             display_size=512, analysis_size=64, n_bootstrap=100, seed=0)
+    agreement = summary.get("selection_agreement", {}).get("mean_abs_frame_difference")
+    return summary, _study_agreement(summary, switch, results)
+
+
+def _study_agreement(summary: dict, oracle_switch: dict, results: dict) -> float:
+    """Share of images where the participants' modal frame equals the classifier's switch frame."""
+    hits, n = 0, 0
+    for img, r in results.items():
+        counts = summary.get("selection", {}).get(img, {}).get("counts", {})
+        if not counts or r.get("switch_frame") is None:
+            continue
+        mode = int(max(counts.items(), key=lambda kv: kv[1])[0])
+        hits += int(mode == r["switch_frame"])
+        n += 1
+    return hits / n if n else float("nan")

@@ -1,0 +1,89 @@
+"""One-call helpers for the notebooks in ``notebooks/`` (narrative and plots stay there)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
+
+
+def load_models(classifier: str, ldm: str = "CompVis/ldm-celebahq-256", device: str = "auto"):
+    """(classifier, ldm): a checkpoint path or toy name, and an LDM hub id / folder / ``toy``."""
+    from classifier.models import load_classifier
+    from dvce.ldm import load_ldm
+    from ldvce.toyworld import resolve_classifier
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    clf = load_classifier(resolve_classifier(classifier), map_location=dev).requires_grad_(False)
+    return clf, load_ldm(ldm, device=dev)
+
+
+def toy_test_lmdb() -> tuple[str, str]:
+    """(lmdb, attribute file) of the cached held-out toy images."""
+    import toyfaces
+    from ldvce.toyworld import TEST_DATA, toy_data
+    return tuple(str(p) for p in toyfaces.paths(toy_data(TEST_DATA)))
+
+
+def inputs(images=None, lmdb=None, attr_file=None, indices=None, size=256):
+    """Runner items from an image folder or from LMDB rows."""
+    from dvce import runner
+    if images:
+        return runner.folder_items(images, size)
+    return runner.lmdb_items(lmdb, attr_file, indices, size)
+
+
+def generate(items, clf, ldm, attribute="Smiling", method="guided", out="runs/notebook",
+             target="auto", batch_size=8, **options) -> dict:
+    from classifier.attributes import attribute_index
+    from dvce import runner
+    from dvce.samplers import Problem
+    return runner.run(items, Problem(ldm, clf, attribute_index(attribute)), out, method=method,
+                      target=target, batch_size=batch_size, options=options,
+                      settings={"attribute": attribute})
+
+
+def _img(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def show_sequence(run_dir, image_id=None, max_frames: int = 12):
+    """The frame sequence a selection study shows, with p(attribute) under each frame."""
+    run_dir = Path(run_dir)
+    image_id = image_id or sorted(p.name for p in run_dir.iterdir() if (p / "result.json").exists())[0]
+    d = run_dir / str(image_id)
+    r = json.loads((d / "result.json").read_text())
+    frames = sorted((d / "sequence").glob("*.png"))[:max_frames]
+    fig, axes = plt.subplots(1, len(frames), figsize=(1.6 * len(frames), 2.0), squeeze=False)
+    for ax, f, fr in zip(axes[0], frames, r["frames"]):
+        ax.imshow(_img(f))
+        ax.set_title(f"{fr['index']}: p={fr['prob']:.2f}", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"image {image_id}: 0 original, 1 reconstruction, 2.. steps "
+                 f"(switch frame {r['switch_frame']})", fontsize=9)
+    return fig
+
+
+def show_difference(run_dir, image_id=None):
+    run_dir = Path(run_dir)
+    image_id = image_id or sorted(p.name for p in run_dir.iterdir() if (p / "result.json").exists())[0]
+    d = run_dir / str(image_id)
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.6))
+    for ax, (title, img) in zip(axes, [("original", _img(d / "original.png")),
+                                        ("counterfactual", _img(d / "counterfactual.png")),
+                                        ("|difference|", np.load(d / "diff.npy"))]):
+        ax.imshow(img, cmap="magma" if img.ndim == 2 else None)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return fig
+
+
+def show_image(path, width: float = 10.0):
+    img = _img(path)
+    fig, ax = plt.subplots(figsize=(width, width * img.shape[0] / img.shape[1]))
+    ax.imshow(img)
+    ax.axis("off")
+    return fig

@@ -8,9 +8,9 @@ bwr scale with a colour bar (pre and post share the scale) — and the panel fig
 ``OUT/explain_summary.json``. On a plain image folder it writes ``<out>/<image_id>/heatmap_*_pre.*``.
 
 ``crp local`` analyses each original/counterfactual pair of a run (which concepts gained or lost
-relevance) — or, on a plain folder, each image's most relevant concepts; ``crp global`` runs
-relevance maximisation over a dataset and draws the attribute's top concepts with their
-reference images.
+relevance) — or, on a plain folder, each image's most relevant concepts — into ``OUT/local``;
+``crp global`` runs relevance maximisation over a dataset and draws the attribute's top
+concepts with their reference images into ``OUT/global`` (cached under ``OUT/global/cache``).
 """
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def _decision_mass(heat: np.ndarray, logit: float, mask: np.ndarray) -> float | 
 # ------------------------------------------------------------------------------- explain
 def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attribute="Smiling",
                 start: str = "logit", hrh_dir=None, out_dir=None, size: int | None = None,
-                panel: bool = True, batch_size: int = 16, progress: bool = True) -> dict:
+                panel: bool = True, panel_path=None, batch_size: int = 16,
+                progress: bool = True) -> dict:
     """LRP heatmaps for every image of a generation run (or a plain image folder) + panel.
 
     Parameters
@@ -94,6 +95,8 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
     hrh_dir : folder of human relevance heatmaps ``<image_id>.npy`` (panel column + numbers).
     out_dir : where to write; default: in place for a run, ``run_dir`` for a folder.
     size : image size (default: the classifier's input size).
+    panel_path : where to write the panel (default ``out_dir/panel.png``; more than
+        :data:`PANEL_ROWS` images continue in ``<stem>_2.png``…).
 
     Returns
     -------
@@ -186,10 +189,11 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
         panel_rows.append(PanelRow(image_id, originals[i], cfs[i], heat_pairs, hrh, note=note))
     panels = []
     if panel and panel_rows:
+        first = Path(panel_path) if panel_path else out_dir / "panel.png"
         for p, start_row in enumerate(range(0, len(panel_rows), PANEL_ROWS)):
-            name = "panel.png" if p == 0 else f"panel_{p + 1}.png"
+            path = first if p == 0 else first.with_name(f"{first.stem}_{p + 1}{first.suffix}")
             panels.append(str(panel_figure(panel_rows[start_row: start_row + PANEL_ROWS],
-                                           composites, out_dir / name,
+                                           composites, path,
                                            title=f"{label}: LRP of originals and counterfactuals"
                                            if kind == "run" else f"{label}: LRP")))
 
@@ -240,11 +244,12 @@ def _data_paths(data, attr_file=None) -> tuple[Path, Path]:
 
 def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4", top: int = 6,
               out_dir="crp_local", size: int | None = None, composite="epsilon_plus_flat",
-              progress: bool = True) -> dict:
+              max_items: int | None = None, progress: bool = True) -> dict:
     """CRP on a run (pairs: which concepts changed) or a plain image folder (top concepts).
 
-    Writes ``<image_id>_crp.png`` and ``<image_id>_crp.json`` per image and ``crp_local.json``
-    with, for runs, how often each concept was among the most changed ones.
+    Writes ``<image_id>_crp.png`` and ``<image_id>_crp.json`` per image (the first
+    ``max_items`` if given) and ``crp_local.json`` with, for runs, how often each concept was
+    among the most changed ones.
     """
     from tqdm import tqdm
     from classifier.attributes import attribute_name
@@ -257,6 +262,7 @@ def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4
     per_image, counts = {}, {}
     if is_run(run_dir):
         folders = [f for f in run_items(run_dir) if (f / "counterfactual.png").exists()]
+        folders = folders[:max_items] if max_items else folders
         for f in tqdm(folders, desc="CRP pairs", disable=not progress, dynamic_ncols=True):
             x0, x1 = load_image(f / "original.png", size), load_image(f / "counterfactual.png", size)
             res = C.pair_analysis(model, x0, x1, attribute, layers, top, composite)
@@ -272,7 +278,8 @@ def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4
         kind = "pairs"
     else:
         loaded = load_folder(run_dir, size)
-        for image_id, x in tqdm(list(zip(loaded.ids, loaded.images)), desc="CRP",
+        pairs = list(zip(loaded.ids, loaded.images))
+        for image_id, x in tqdm(pairs[:max_items] if max_items else pairs, desc="CRP",
                                 disable=not progress, dynamic_ncols=True):
             res = C.local_analysis(model, x, attribute, layers, top, composite)
             C.local_figure(res, x, out_dir / f"{image_id}_crp.png", title=image_id)
@@ -289,14 +296,21 @@ def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4
 
 
 def crp_command(args) -> dict:
-    """Handler of ``ldvce crp local|global`` (see ``ldvce crp --help``)."""
+    """Handler of ``ldvce crp local|global`` (see ``ldvce crp --help``).
+
+    Writes into ``OUT/local`` or ``OUT/global``, so one ``--out`` holds both analyses. Library
+    callers may pass a loaded ``model`` and ``max_pairs`` in the namespace.
+    """
     from classifier.models import load_classifier
-    model = load_classifier(args.classifier, map_location=_device(args.device))
-    out = Path(args.out)
+    model = getattr(args, "model", None)
+    if model is None:
+        model = load_classifier(args.classifier, map_location=_device(args.device))
     if args.mode == "local":
         if not args.run:
             raise SystemExit("crp local needs --run (a generation run or an image folder)")
-        s = crp_local(args.run, model, args.attribute, args.layers, args.top, out)
+        out = Path(args.out) / "local"
+        s = crp_local(args.run, model, args.attribute, args.layers, args.top, out,
+                      max_items=getattr(args, "max_pairs", None))
         print(f"CRP local: {s['n']} {s['kind']} -> {out}")
         if s["most_often_changed"]:
             print("concepts most often among the most changed: "
@@ -306,6 +320,7 @@ def crp_command(args) -> dict:
         raise SystemExit("crp global needs --data (a CelebA-HQ LMDB or a toyfaces folder)")
     from classifier import CelebHQAttrDataset
     from xai.crp import global_analysis
+    out = Path(args.out) / "global"
     lmdb, attr = _data_paths(args.data, args.attr_file)
     ds = CelebHQAttrDataset(lmdb, attr, split="all", image_size=model_image_size(model),
                             augment=False)

@@ -37,7 +37,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -146,6 +145,8 @@ class FeatureVisualization(_crp_visualization.FeatureVisualization):
         super().__init__(attribution, dataset, layer_map, **kwargs)
         self.targets = [int(t) for t in targets]
         self.concept_relevance: dict[str, dict[int, np.ndarray]] = {}
+        for part in (self.RelMax, self.ActMax, self.RelStats, self.ActStats):
+            part.delete_result_arrays = _dropper(part)  # without a full gc.collect() (~0.2 s each)
 
     def multitarget_to_single(self, multi_target):
         return list(self.targets)
@@ -175,6 +176,12 @@ class FeatureVisualization(_crp_visualization.FeatureVisualization):
         if norm:
             sorted_val = sorted_val / sorted_val[0]
         return sorted_t, sorted_val
+
+
+def _dropper(part):
+    def delete_result_arrays():
+        part.d_c_sorted, part.rel_c_sorted, part.rf_c_sorted = {}, {}, {}
+    return delete_result_arrays
 
 
 def pil_rgb(img):
@@ -235,7 +242,7 @@ def resolve_layers(model: nn.Module, layers: str | Iterable[str]) -> list[str]:
         if not w:
             continue
         for cand in (w, f"net.{w}", w[4:] if w.startswith("net.") else None):
-            if cand and cand in names and cand:
+            if cand and cand in names:
                 out.append(cand)
                 break
         else:

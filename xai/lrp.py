@@ -131,12 +131,6 @@ def layer_roles(root: nn.Module) -> dict[int, str]:
     return roles
 
 
-def network(model: nn.Module) -> nn.Module:
-    """The plain network inside a classifier LightningModule (``model.net``), or ``model``."""
-    net = getattr(model, "net", None)
-    return net if isinstance(net, nn.Module) else model
-
-
 def is_resnet(model: nn.Module) -> bool:
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
     return any(isinstance(m, (ResNet, BasicBlock, Bottleneck)) for m in model.modules())
@@ -185,10 +179,9 @@ def get_composite(name: str | Composite, model: nn.Module) -> Composite:
     """A fresh composite for ``model`` by registry name (a Composite instance passes through)."""
     if isinstance(name, Composite):
         return name
-    try:
-        return COMPOSITES[name](model)
-    except KeyError:
-        raise KeyError(f"unknown composite {name!r}; choose from {sorted(COMPOSITES)}") from None
+    if name not in COMPOSITES:
+        raise KeyError(f"unknown composite {name!r}; choose from {sorted(COMPOSITES)}")
+    return COMPOSITES[name](model)
 
 
 def parse_composites(spec: str | list[str]) -> list[str]:
@@ -280,7 +273,7 @@ def attribute(model: nn.Module, images: torch.Tensor, attribute: str | int = "Sm
     with preserved(model), torch.enable_grad():
         for b in range(0, len(images), batch_size):
             x = images[b: b + batch_size].to(device=device, dtype=dtype).detach().requires_grad_(True)
-            comp = get_composite(composite, model) if not isinstance(composite, Composite) else composite
+            comp = get_composite(composite, model)
             with comp.context(model) as modified:
                 out = modified(x)
                 (rel,) = torch.autograd.grad(out, x, grad_outputs=start_relevance(out, idx, start))

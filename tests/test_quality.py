@@ -1,0 +1,86 @@
+"""Quality on the toy world with the shipped toy LDM and the cached toy ResNet, on images of an
+unseen seed: the checks of the LDM and counterfactual issues. Numbers are printed (pytest -s)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import UNSEEN_SEED
+
+
+@pytest.fixture(scope="module")
+def world(toy_resnet, tmp_path_factory):
+    import toyfaces
+    from dvce.ldm import load_ldm
+    from ldvce.bench import pick_not_smiling
+    data = toyfaces.make_dataset(tmp_path_factory.mktemp("quality"), n=160, seed=UNSEEN_SEED + 7,
+                                 progress=False)
+    ldm = load_ldm("toy")
+    rows = pick_not_smiling(toy_resnet, data, 16)
+    return data, ldm, rows
+
+
+def _images(data, rows):
+    from classifier.evaluate import dataset_for
+    ds = dataset_for(data, split="all")
+    return torch.stack([ds.read_image(r) for r in rows])
+
+
+@torch.no_grad()
+def test_toy_ldm_quality_thresholds(world, toy_resnet):
+    from dvce import diffusion
+    data, ldm, _ = world
+    x = _images(data, range(96))
+    z = diffusion.encode(ldm, x)
+    rec = diffusion.decode(ldm, z).clamp(-1, 1)
+    ts = diffusion.schedule(780, 100)
+    inv = diffusion.decode(ldm, diffusion.ddim_denoise(ldm, diffusion.ddim_invert(ldm, z, ts), ts))
+    l1 = float((rec - x).abs().mean())
+    agree = float(((toy_resnet(x)[:, 31] > 0) == (toy_resnet(rec)[:, 31] > 0)).float().mean())
+    inv_l1 = float((inv.clamp(-1, 1) - rec).abs().mean())
+    print(f"\nVQ round trip L1 {l1:.4f}, Smiling agreement {agree:.3f}, DDIM@780 vs VQ L1 {inv_l1:.4f}")
+    assert l1 <= 0.05 and agree >= 0.95 and inv_l1 <= 0.05
+
+
+def _run(world, toy_resnet, method, options, n, batch):
+    from dvce.metrics import localization
+    from dvce.samplers import Problem, get_sampler
+    data, ldm, rows = world
+    import toyfaces
+    masks = toyfaces.load_masks(data)["Smiling"]
+    x = _images(data, rows[:n])
+    outs = [get_sampler(method)(Problem(ldm, toy_resnet, 31), x[i:i + batch], torch.ones(len(x[i:i + batch])),
+                                **options) for i in range(0, len(x), batch)]
+    cf = torch.cat([o.counterfactual for o in outs])
+    flipped = torch.cat([o.flipped for o in outs]).float()
+    d = (cf - x).abs()
+    loc = np.nanmean([localization(d[i].sum(0).numpy(), masks[r]) for i, r in enumerate(rows[:n])])
+    return float(flipped.mean()), float(d.mean()), float(loc), cf, x
+
+
+def test_guided_counterfactuals_flip_locally_and_keep_other_attributes(world, toy_resnet):
+    from classifier.models import load_classifier
+    from dvce.metrics import mnac
+    from ldvce.bench import BEST
+    from ldvce.toyworld import toy_classifier
+    import toyfaces
+    from classifier.attributes import attribute_index
+    flip, l1, loc, cf, x = _run(world, toy_resnet, BEST["method"], BEST["options"], 16, 16)
+    oracle = load_classifier(toy_classifier("toy_oracle")).requires_grad_(False)
+    valid = torch.zeros(40, dtype=torch.bool)
+    valid[[attribute_index(a) for a in toyfaces.MODELLED]] = True
+    with torch.no_grad():
+        m = float(mnac(oracle(x), oracle(cf), 31, valid).mean())
+    print(f"\nguided: flip rate {flip:.3f}, L1 {l1:.4f}, localisation {loc:.3f}, MNAC {m:.3f}")
+    assert flip >= 0.95 and loc >= 0.60 and m <= 1.0
+
+
+@pytest.mark.slow
+def test_seed_method_flip_rate_and_l1_against_guided(world, toy_resnet):
+    from ldvce.bench import BEST, SEED_FAITHFUL
+    flip, l1, loc, _, _ = _run(world, toy_resnet, "seed", SEED_FAITHFUL["options"], 16, 16)
+    gflip, gl1, gloc, _, _ = _run(world, toy_resnet, BEST["method"], BEST["options"], 16, 16)
+    print(f"\nseed: flip {flip:.3f} L1 {l1:.4f} loc {loc:.3f} | guided: flip {gflip:.3f} L1 {gl1:.4f}")
+    assert flip >= 0.90
+    assert gl1 <= l1

@@ -36,8 +36,13 @@ class AttributeClassifier(pl.LightningModule):
         return self.net(x)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
+                               weight_decay=self.hparams.weight_decay)
+        if self.hparams.get("lr_schedule", "constant") == "cosine":
+            epochs = max(1, int(self.trainer.max_epochs or 1))
+            return {"optimizer": opt,
+                    "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)}
+        return opt
 
     def training_step(self, batch, batch_idx):
         logits = self(batch["img"])
@@ -109,14 +114,14 @@ class LinearClassifier(AttributeClassifier):
 
     def __init__(self, input_dim=(3, 256, 256), num_classes: int = NUM_ATTRIBUTES,
                  hidden: int = 1024, lr: float = 1e-4, weight_decay: float = 0.01,
-                 highlight: str = "Smiling"):
+                 highlight: str = "Smiling", lr_schedule: str = "constant"):
         super().__init__(num_classes, lr, weight_decay, highlight)
         if isinstance(input_dim, int):
             input_dim = (3, input_dim, input_dim)
         input_dim = tuple(int(v) for v in input_dim)
         self.save_hyperparameters({"input_dim": list(input_dim), "num_classes": num_classes,
                                    "hidden": hidden, "lr": lr, "weight_decay": weight_decay,
-                                   "highlight": highlight})
+                                   "highlight": highlight, "lr_schedule": lr_schedule})
         n_in = input_dim[0] * input_dim[1] * input_dim[2]
         self.net = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(n_in, hidden), nn.ReLU(),
                                  nn.Linear(hidden, num_classes))
@@ -138,17 +143,25 @@ class ResNet50Classifier(AttributeClassifier):
 
     def __init__(self, num_classes: int = NUM_ATTRIBUTES, arch: str = "resnet50",
                  pretrained: bool = False, image_size: int = 256, lr: float = 1e-4,
-                 weight_decay: float = 0.01, highlight: str = "Smiling"):
+                 weight_decay: float = 0.01, highlight: str = "Smiling", stem: str = "imagenet",
+                 lr_schedule: str = "constant"):
         super().__init__(num_classes, lr, weight_decay, highlight)
         if arch not in RESNET_ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {RESNET_ARCHS}")
+        if stem not in ("imagenet", "small"):
+            raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
         self.save_hyperparameters({"num_classes": num_classes, "arch": arch, "pretrained": pretrained,
                                    "image_size": image_size, "lr": lr, "weight_decay": weight_decay,
-                                   "highlight": highlight})
+                                   "highlight": highlight, "stem": stem,
+                                   "lr_schedule": lr_schedule})
         import torchvision
         net = getattr(torchvision.models, arch)(weights=None)
         if pretrained:
             _load_imagenet_if_cached(net, arch)
+        if stem == "small":
+            # Small images (the 64² toy world): a 3×3 first convolution instead of 7×7 at the same
+            # stride, so one first-layer unit (and LRP's Flat rule on it) covers a mouth-sized patch.
+            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
         net.fc = nn.Linear(net.fc.in_features, num_classes)
         self.net = net
 
@@ -176,7 +189,7 @@ class CheckpointMismatchError(ValueError):
 
 def _describe(cls_name: str, hp: dict) -> str:
     keys = {"LinearClassifier": ("input_dim", "num_classes"),
-            "ResNet50Classifier": ("arch", "num_classes")}.get(cls_name, ("num_classes",))
+            "ResNet50Classifier": ("arch", "num_classes", "stem")}.get(cls_name, ("num_classes",))
     return f"{cls_name}(" + ", ".join(f"{k}={hp.get(k)}" for k in keys) + ")"
 
 

@@ -125,14 +125,23 @@ def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None) 
 
 
 def _relevance_mass(run_dir: Path, masks, composite: str) -> float:
-    """Mean share of positive LRP relevance (pre, original image) inside the target's true region."""
+    """Mean share of the decision's positive LRP relevance inside the target's true region.
+
+    The start relevance is the logit, so a not-smiling original's map is mostly negative: we
+    multiply by sign(logit) to measure the evidence for the decision actually taken, for the
+    original (pre) and the counterfactual (post) alike.
+    """
     from study.metrics import relevance_mass_accuracy
     vals = []
     for d in sorted(run_dir.iterdir()):
-        f = d / f"heatmap_{composite}_pre.npy"
-        if f.exists():
-            row = json.loads((d / "result.json").read_text())["source"]["index"]
-            vals.append(relevance_mass_accuracy(np.load(f), masks[ATTRIBUTE][row]))
+        if not (d / "result.json").exists():
+            continue
+        r = json.loads((d / "result.json").read_text())
+        region = masks[ATTRIBUTE][r["source"]["index"]]
+        for when, logit in (("pre", r["logit_before"]), ("post", r["logit_after"])):
+            f = d / f"heatmap_{composite}_{when}.npy"
+            if f.exists():
+                vals.append(relevance_mass_accuracy(np.sign(logit) * np.load(f), region))
     return float(np.mean(vals)) if vals else float("nan")
 
 

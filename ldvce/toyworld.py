@@ -14,15 +14,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "classifier"
 
-# (config, data seed, extra overrides). The oracle differs in architecture *and* seed, like the
-# published protocol's separately trained oracle.
+# (config, extra overrides). The oracle differs in architecture (ImageNet-style 7x7 stem) and
+# seed, like the published protocol's separately trained oracle.
 TOY_CLASSIFIERS = {
     "toy_resnet": ("toy_resnet.yaml", []),
     "toy_linear": ("toy_linear.yaml", []),
-    "toy_oracle": ("toy_resnet.yaml", ["--model.init_args.arch", "resnet34", "--seed_everything", "123",
-                                       "--trainer.max_epochs", "3"]),
+    "toy_oracle": ("toy_resnet.yaml", ["--model.init_args.stem", "imagenet", "--seed_everything", "123"]),
 }
-TRAIN_DATA = ("toy-train", 6000, 1)
+TRAIN_DATA = ("toy-train", 12000, 1)
 TEST_DATA = ("toy-test", 400, 7)
 
 

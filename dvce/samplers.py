@@ -148,20 +148,22 @@ def _blur(m: torch.Tensor, k: int) -> torch.Tensor:
     return F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
 
 
-def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 8.0,
-           retry_scales: tuple[float, ...] = (16.0, 32.0), l1_weight: float = 1.0,
+def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 0.3,
+           retry_scales: tuple[float, ...] = (0.6, 1.2), l1_weight: float = 1.0,
            num_steps: int = 50, t_start: int = 500, mask: bool = True,
-           mask_quantile: float = 0.9, mask_dilate: int = 3, norm_grad: bool = True,
+           mask_fraction: float = 0.15, mask_dilate: int = 3, mask_from: int = 3,
            progress: Callable | None = None) -> CFBatch:
-    """Latent guided DDIM (FastDiME/MaskDiME ideas in latent space, DESIGN.md §5.2).
+    """Latent guided DDIM (FastDiME / MaskDiME / LDCE ideas in latent space, DESIGN.md §5.2).
 
-    Invert to ``t_start`` once; denoise with classifier guidance on the decoded one-step estimate
-    x̂0 (no nested chain), gradient of BCE(logit(D(x̂0)), target) + l1_weight·|D(x̂0) - x|
-    w.r.t. z_t, normalised per sample (LDCE's same-norm idea) and scaled by ``scale``·sqrt(1-a_t).
-    With ``mask``, a self-optimised mask from |D(x̂0) - x| (top ``1 - mask_quantile`` of pixels,
-    dilated) keeps the inverted original trajectory outside the changing region in latent space,
-    and the original pixels outside it in the final image. Unflipped samples are retried with the
-    larger ``retry_scales`` (DiME's 8 -> 10 -> 15 idea).
+    Invert to ``t_start`` once, then denoise with classifier guidance on the decoded one-step
+    estimate x̂0 (no nested chain): g = ∇_{x̂0} [BCE(logit(D(x̂0)), target) + l1_weight·|D(x̂0) − x|],
+    normalised per sample to unit RMS (every sample moves alike whatever its gradient norm, as
+    LDCE's same-norm guidance), and x̂0 ← x̂0 − scale·sqrt(1 − a_t)·g; ε is re-derived from the
+    moved x̂0 so the DDIM step stays consistent. With ``mask``, the accumulated |g| (the
+    self-optimised mask: top ``mask_fraction`` of latent positions, dilated) keeps the inverted
+    original trajectory outside the changing region (after ``mask_from`` steps, once the
+    gradient has settled), and the original pixels outside it in the final image. Unflipped
+    samples are retried with the larger ``retry_scales`` (DiME's 8 → 10 → 15 idea).
     """
     ldm = problem.ldm
     x = x.to(ldm.device, ldm.dtype)
@@ -187,7 +189,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
         if len(todo) == 0:
             break
         out = _guided_pass(problem, x[todo], target[todo], z_T[todo], [t[todo] for t in traj], ts,
-                           s, l1_weight, mask, mask_quantile, mask_dilate, norm_grad)
+                           s, l1_weight, mask, mask_fraction, mask_dilate, mask_from)
         img, logit, pm, step_frames, step_logits = out
         ok = _finite(img, logit)
         done = _toward(logit, target[todo])
@@ -195,7 +197,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
         for j, i in enumerate(todo.tolist()):
             frames[i] = frames[i][:2] + [f[j] for f in step_frames]
             frame_logits[i] = frame_logits[i][:2] + [float(v[j]) for v in step_logits]
-            cf[i], used_scale[i], iters[i] = img[j], s, attempt * len(ts) + len(ts)
+            cf[i], used_scale[i], iters[i] = img[j], s, (attempt + 1) * len(ts)
             pixel_masks[i] = pm[j].cpu()
             if not bool(ok[j]):
                 failed[i] = "non-finite values in the counterfactual or its logit"
@@ -211,49 +213,48 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
                          "num_steps": num_steps})
 
 
-def _guided_pass(problem, x, target, z_T, traj, ts, scale, l1_weight, use_mask, q, dilate,
-                 norm_grad):
+def _guided_pass(problem, x, target, z_T, traj, ts, scale, l1_weight, use_mask, fraction,
+                 dilate, mask_from):
     ldm = problem.ldm
     z = z_T.clone()
-    latent_mask = None
+    saliency = torch.zeros_like(z[:, :1])
+    latent_mask = torch.ones_like(saliency)
     step_frames, step_logits = [], []
-    for i in range(len(ts) - 1, -1, -1):
+    for n, i in enumerate(range(len(ts) - 1, -1, -1)):
         t = ts[i]
         a_t = _alpha(ldm, t, z)
+        a_prev = _alpha(ldm, ts[i - 1] if i > 0 else None, z)
         with torch.no_grad():
             eps = predict_eps(ldm, z, t)
+            x0 = x0_from_eps(z, eps, a_t)
         with torch.enable_grad():
-            zg = z.detach().requires_grad_(True)
-            x0 = x0_from_eps(zg, eps, a_t)  # ε held fixed: dx̂0/dz_t = 1/sqrt(a_t)
-            img = decode(ldm, x0)
+            x0g = x0.detach().requires_grad_(True)
+            img = decode(ldm, x0g)
             logit = problem.logit(img)
             loss = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
             loss = loss + l1_weight * (img - x).abs().flatten(1).mean(1)
-            grad, = torch.autograd.grad(loss.sum(), zg)
+            grad, = torch.autograd.grad(loss.sum(), x0g)
         grad = grad.nan_to_num(0.0)
-        if norm_grad:  # same step size for every sample whatever its gradient norm
-            grad = grad / grad.flatten(1).norm(dim=1).clamp(min=1e-8).view(-1, 1, 1, 1) \
-                * grad[0].numel() ** 0.5
-        # Classifier guidance on ε (Dhariwal & Nichol): ε' = ε + sqrt(1 - a_t) · s · ∇ loss.
-        eps_g = eps + (1 - a_t).sqrt() * scale * grad
-        x0_g = x0_from_eps(z, eps_g, a_t)
-        a_prev = _alpha(ldm, ts[i - 1] if i > 0 else None, z)
-        z = ddim_move(x0_g, eps_g, a_prev)
+        rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12).view(-1, 1, 1, 1)
+        grad = grad / rms
+        # Step on the one-step estimate, larger while noise is high; ε follows from the moved x̂0.
+        x0 = x0 - scale * (1 - a_t).sqrt() * grad
+        eps = (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        z = ddim_move(x0, eps, a_prev)
         if use_mask:
             with torch.no_grad():
-                diff = (img.detach() - x).abs().mean(1, keepdim=True)
-                latent_mask = _self_mask(diff, z.shape[-1], q, dilate)
-                orig = traj[i - 1] if i > 0 else None
-                if orig is not None:  # keep the original trajectory outside the changing region
-                    z = latent_mask * z + (1 - latent_mask) * orig
+                saliency += grad.abs().mean(1, keepdim=True)
+                if n + 1 >= mask_from:
+                    latent_mask = _top_mask(saliency, fraction, dilate)
+                    if i > 0:  # keep the original trajectory outside the changing region
+                        z = latent_mask * z + (1 - latent_mask) * traj[i - 1]
         step_frames.append(img.detach().clamp(-1, 1).cpu())
         step_logits.append(logit.detach().cpu())
     with torch.no_grad():
         img = decode(ldm, z).clamp(-1, 1)
-        if use_mask and latent_mask is not None:
-            diff = (img - x).abs().mean(1, keepdim=True)
-            pm = _blur(F.interpolate(_self_mask(diff, z.shape[-1], q, dilate), size=x.shape[-2:],
-                                     mode="bilinear", align_corners=False), 3)
+        if use_mask:
+            pm = _blur(F.interpolate(latent_mask, size=x.shape[-2:], mode="bilinear",
+                                     align_corners=False), 5)
             img = pm * img + (1 - pm) * x  # original pixels outside the changing region
         else:
             pm = torch.ones_like(img[:, :1])
@@ -263,11 +264,10 @@ def _guided_pass(problem, x, target, z_T, traj, ts, scale, l1_weight, use_mask, 
     return img, logit, pm, step_frames, step_logits
 
 
-def _self_mask(diff: torch.Tensor, size: int, q: float, dilate: int) -> torch.Tensor:
-    """Binary-ish latent-resolution mask of where the image changes most (top 1-q of pixels)."""
-    d = F.adaptive_avg_pool2d(diff, size)
-    thr = torch.quantile(d.flatten(1), q, dim=1).view(-1, 1, 1, 1)
-    m = (d >= thr).float()
+def _top_mask(saliency: torch.Tensor, fraction: float, dilate: int) -> torch.Tensor:
+    """1 on the top ``fraction`` of positions of a (B, 1, h, w) saliency map, dilated."""
+    thr = torch.quantile(saliency.flatten(1), 1 - fraction, dim=1).view(-1, 1, 1, 1)
+    m = (saliency >= thr).float()
     if dilate > 1:
         m = F.max_pool2d(m, dilate, stride=1, padding=dilate // 2)
     return m

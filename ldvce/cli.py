@@ -59,7 +59,8 @@ def cmd_toy_train_ldm(a):
         print(f"rendering {a.n} training faces (seed {a.data_seed}) into {data}")
         toyfaces.make_dataset(data, n=a.n, seed=a.data_seed)
     cfg = LDMTrainConfig(vq_warmup_steps=a.vq_warmup_steps, vq_quant_steps=a.vq_quant_steps,
-                         unet_steps=a.unet_steps, seed=a.seed, threads=a.threads)
+                         unet_steps=a.unet_steps, decoder_steps=a.decoder_steps, seed=a.seed,
+                         threads=a.threads)
     out = train_ldm(a.out_dir, *toyfaces.paths(data), cfg)
     print(f"saved the toy LDM to {out}")
 
@@ -234,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-seed", type=int, default=1000)
     s.add_argument("--vq-warmup-steps", type=int, default=1200)
     s.add_argument("--vq-quant-steps", type=int, default=400)
-    s.add_argument("--unet-steps", type=int, default=3000)
+    s.add_argument("--unet-steps", type=int, default=2000)
+    s.add_argument("--decoder-steps", type=int, default=400, help="decoder-only fine-tuning")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=2)
     s.set_defaults(func=cmd_toy_train_ldm)

@@ -201,7 +201,6 @@ def test_attribute_outside_grad_mode_and_on_frozen_model():
 
 # ------------------------------------------------------------- relevance mass on the toy world
 N_TOY = 32
-TEST_ROWS = (5400, 5400 + N_TOY)  # toy-train rows 5400+ are the test split
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +211,10 @@ def toy_batch(toy_resnet_ckpt):
     from ldvce.toyworld import toy_data
     folder = toy_data()
     lmdb, attr = toyfaces.paths(folder)
-    ds = CelebHQAttrDataset(lmdb, attr, indices=range(*TEST_ROWS), image_size=64, augment=False)
+    rows = CelebHQAttrDataset(lmdb, attr, split="test").indices[:N_TOY]  # held-out rows
+    ds = CelebHQAttrDataset(lmdb, attr, indices=rows, image_size=64, augment=False)
     x = torch.stack([ds[i]["img"] for i in range(len(ds))])
-    masks = toyfaces.load_masks(folder)["Smiling"][TEST_ROWS[0]: TEST_ROWS[1]]
+    masks = toyfaces.load_masks(folder)["Smiling"][rows]
     return load_classifier(toy_resnet_ckpt), x, masks
 
 

@@ -8,6 +8,8 @@ Recipe (chosen to converge on 2 CPU cores, DESIGN.md §8):
 3. Latent scale = 1 / std of the latents, written as ``scaling_factor`` in the VQ config.
 4. UNet: epsilon prediction on scaled pre-quantisation latents (what CompVis's LDM does), EMA
    weights, horizontal-flip augmentation, cosine LR.
+5. Decoder-only fine-tuning with an edge-weighted L1 (thin shapes such as the lips matter most
+   for the classifiers); the encoder and codebook are frozen, so the UNet's latents stay valid.
 Every phase checkpoints to ``OUT/checkpoints`` and resumes from there.
 """
 from __future__ import annotations
@@ -32,7 +34,8 @@ class LDMTrainConfig:
     vq_quant_steps: int = 400
     vq_batch: int = 32
     vq_lr: float = 2e-3
-    unet_steps: int = 3000
+    unet_steps: int = 2000
+    decoder_steps: int = 400   # decoder-only fine-tuning (encoder/codebook frozen: latents fixed)
     unet_batch: int = 64
     unet_lr: float = 1e-3
     ema: float = 0.999
@@ -150,6 +153,46 @@ def train_vq(images, cfg: LDMTrainConfig, ckpt_dir: Path, log):
     return vq
 
 
+def _edge_weight(x: torch.Tensor, k: float = 4.0) -> torch.Tensor:
+    """1 + k·|∇x| (normalised): weights pixels on shape boundaries."""
+    gx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(1, keepdim=True)
+    gy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(1, keepdim=True)
+    g = F.pad(gx, (0, 1, 0, 0)) + F.pad(gy, (0, 0, 0, 1))
+    return 1 + k * g / g.flatten(1).mean(1).clamp(min=1e-6).view(-1, 1, 1, 1) / 4
+
+
+def finetune_decoder(vq, images, cfg: LDMTrainConfig, ckpt_dir: Path, log):
+    """Fine-tune ``post_quant_conv`` + decoder on quantised latents of the frozen encoder."""
+    params = list(vq.decoder.parameters()) + list(vq.post_quant_conv.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.vq_lr * 0.25)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    step, ckpt = 0, ckpt_dir / "decoder.pt"
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        vq.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
+        step = st["step"]; gen.set_state(st["gen"])
+    bar = tqdm(total=cfg.decoder_steps, initial=step, desc="VQ decoder fine-tune", unit="step")
+    while step < cfg.decoder_steps:
+        for group in opt.param_groups:
+            group["lr"] = _cosine(step, cfg.decoder_steps, cfg.vq_lr * 0.25, warmup=20)
+        x = _batch(images, cfg.vq_batch, gen)
+        with torch.no_grad():
+            h = vq.encode(x).latents
+        rec = vq.decode(h).sample
+        loss = (_edge_weight(x) * (rec - x).abs()).mean() + 0.5 * F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 100 == 0:
+            log({"phase": "decoder", "step": step, "l1": (rec - x).abs().mean().item()})
+        if step % cfg.checkpoint_every == 0 or step == cfg.decoder_steps:
+            _save_ckpt(ckpt, model=vq.state_dict(), opt=opt.state_dict(), step=step, gen=gen.get_state())
+    bar.close()
+    return vq
+
+
 @torch.no_grad()
 def encode_all(vq, images, bs: int = 256) -> torch.Tensor:
     out = []
@@ -228,6 +271,7 @@ def train_ldm(out_dir, lmdb_path, attr_path, cfg: LDMTrainConfig | None = None, 
     scale = float(1.0 / latents.std())
     vq.register_to_config(scaling_factor=scale)
     unet = train_unet(latents * scale, cfg, ckpt_dir, log).eval()
+    vq = finetune_decoder(vq.train(), images, cfg, ckpt_dir, log).eval()
     vq.save_pretrained(out / "vqvae", safe_serialization=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     DDIMScheduler(**COMPVIS_SCHEDULE).save_pretrained(out / "scheduler")

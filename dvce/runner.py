@@ -110,7 +110,8 @@ def write_result_folder(out: Path, image_id: str, x: torch.Tensor, res: CFBatch,
     result = {
         "image": image_id, "source": source, "status": "ok" if flipped else "not_flipped",
         "target": int(target), "flipped": flipped, "iterations": int(res.iterations[i]),
-        "logit_before": logits[0], "logit_after": float(logits[-1]) if flipped or True else None,
+        # the counterfactual is the last frame: its logit is the one "after"
+        "logit_before": logits[0], "logit_after": float(logits[-1]),
         "prob_before": sig(logits[0]), "prob_after": sig(logits[-1]),
         "logit_reconstruction": logits[1] if len(logits) > 1 else None,
         "l1": float((cf - x.cpu()).abs().mean()), "l2": float((cf - x.cpu()).pow(2).mean().sqrt()),
@@ -118,8 +119,6 @@ def write_result_folder(out: Path, image_id: str, x: torch.Tensor, res: CFBatch,
         "frames": [{"index": k, "logit": v, "prob": sig(v)} for k, v in enumerate(logits)],
         "seconds": seconds, **settings,
     }
-    # The counterfactual is the last frame; its logit is what we report as "after".
-    result["logit_after"] = float(logits[-1])
     write_json(tmp / "result.json", result)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

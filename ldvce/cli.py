@@ -154,12 +154,14 @@ def _sibling_attr_file(lmdb):
 
 
 def _method_options(a) -> dict:
+    """``--option key=value`` pairs; values are Python literals (numbers, tuples, True) or text."""
+    import ast
     opts = {}
     for kv in a.option or []:
         k, _, v = kv.partition("=")
         try:
-            opts[k] = eval(v, {"__builtins__": {}}) if v else True  # numbers, tuples, booleans
-        except Exception:  # noqa: BLE001
+            opts[k] = ast.literal_eval(v) if v else True
+        except (ValueError, SyntaxError):
             opts[k] = v
     return opts
 
@@ -185,12 +187,12 @@ def cmd_evaluate(a):
 # ------------------------------------------------------------------------------- explanations
 def cmd_explain(a):
     from ldvce.explain import explain_command
-    explain_command(a)
+    return explain_command(a)
 
 
 def cmd_crp(a):
     from ldvce.explain import crp_command
-    crp_command(a)
+    return crp_command(a)
 
 
 def cmd_study(a):
@@ -235,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-seed", type=int, default=1000)
     s.add_argument("--vq-warmup-steps", type=int, default=1200)
     s.add_argument("--vq-quant-steps", type=int, default=400)
-    s.add_argument("--unet-steps", type=int, default=2000)
+    s.add_argument("--unet-steps", type=int, default=4000)
     s.add_argument("--decoder-steps", type=int, default=400, help="decoder-only fine-tuning")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=2)

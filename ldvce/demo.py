@@ -171,11 +171,10 @@ def _simulated_study(run_dir: Path, masks, oracle, k: int, out: Path):
         shutil.copy(run_dir / img / "original.png", images / f"{img}_1.0_misclassified.png")
     summary = evaluate_study(export, images, out, heatmaps_dir=run_dir, runs_dir=run_dir,
                              display_size=512, analysis_size=64, n_bootstrap=100, seed=0)
-    agreement = summary.get("selection_agreement", {}).get("mean_abs_frame_difference")
-    return summary, _study_agreement(summary, switch, results)
+    return summary, _study_agreement(summary, results)
 
 
-def _study_agreement(summary: dict, oracle_switch: dict, results: dict) -> float:
+def _study_agreement(summary: dict, results: dict) -> float:
     """Share of images where the participants' modal frame equals the classifier's switch frame."""
     hits, n = 0, 0
     for img, r in results.items():

@@ -34,7 +34,7 @@ class LDMTrainConfig:
     vq_quant_steps: int = 400
     vq_batch: int = 32
     vq_lr: float = 2e-3
-    unet_steps: int = 2000
+    unet_steps: int = 4000
     decoder_steps: int = 400   # decoder-only fine-tuning (encoder/codebook frozen: latents fixed)
     unet_batch: int = 64
     unet_lr: float = 1e-3

@@ -16,15 +16,17 @@ from dvce.ldm import LDM
 
 
 def encode(ldm: LDM, x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> scaled pre-quantisation latents (what the UNet sees)."""
+    """Images in [-1, 1] -> scaled pre-quantisation latents (what the UNet sees), in float32
+    whatever the networks' dtype (the DDIM arithmetic needs it)."""
     x = x.to(ldm.device, ldm.dtype)
-    return ldm.vqvae.encode(x).latents * ldm.latent_scale
+    z = ldm.vqvae.encode(x).latents * ldm.latent_scale
+    return z if z.dtype == torch.float64 else z.float()
 
 
 def decode(ldm: LDM, z: torch.Tensor, quantize: bool = True) -> torch.Tensor:
     """Scaled latents -> images in [-1, 1]; the quantiser is straight-through, so gradients pass."""
-    out = ldm.vqvae.decode(z / ldm.latent_scale, force_not_quantize=not quantize).sample
-    return out
+    z = (z / ldm.latent_scale).to(ldm.dtype)
+    return ldm.vqvae.decode(z, force_not_quantize=not quantize).sample
 
 
 def schedule(t_start: int, num_steps: int = 100, num_train: int = 1000) -> list[int]:
@@ -36,14 +38,18 @@ def schedule(t_start: int, num_steps: int = 100, num_train: int = 1000) -> list[
 
 
 def _alpha(ldm: LDM, t: int | None, like: torch.Tensor) -> torch.Tensor:
+    """a_t as a float32 (or float64) scalar: in bfloat16 a_0 = 0.9985 would round to 1 and
+    sqrt(1 - a_0) to 0, so the schedule arithmetic never runs in half precision; latents are
+    cast to the networks' dtype at their inputs only."""
+    dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
     if t is None:  # below the first timestep: the clean latent
-        return torch.ones((), device=like.device, dtype=like.dtype)
-    return ldm.scheduler.alphas_cumprod[t].to(like.device, like.dtype)
+        return torch.ones((), device=like.device, dtype=dtype)
+    return ldm.scheduler.alphas_cumprod[t].to(like.device, dtype)
 
 
 def predict_eps(ldm: LDM, z: torch.Tensor, t: int) -> torch.Tensor:
     tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
-    return ldm.unet(z, tt).sample
+    return ldm.unet(z.to(ldm.dtype), tt).sample.to(z.dtype)
 
 
 def x0_from_eps(z: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:

@@ -217,7 +217,7 @@ def _guided_pass(problem, x, target, z_T, traj, ts, scale, l1_weight, use_mask, 
                  dilate, mask_from):
     ldm = problem.ldm
     z = z_T.clone()
-    saliency = torch.zeros_like(z[:, :1])
+    saliency = torch.zeros_like(z[:, :1], dtype=torch.float32)  # float32 also under bf16
     latent_mask = torch.ones_like(saliency)
     step_frames, step_logits = [], []
     for n, i in enumerate(range(len(ts) - 1, -1, -1)):
@@ -243,18 +243,19 @@ def _guided_pass(problem, x, target, z_T, traj, ts, scale, l1_weight, use_mask, 
         z = ddim_move(x0, eps, a_prev)
         if use_mask:
             with torch.no_grad():
-                saliency += grad.abs().mean(1, keepdim=True)
+                saliency += grad.abs().mean(1, keepdim=True).float()
                 if n + 1 >= mask_from:
                     latent_mask = _top_mask(saliency, fraction, dilate)
                     if i > 0:  # keep the original trajectory outside the changing region
-                        z = latent_mask * z + (1 - latent_mask) * traj[i - 1]
+                        m = latent_mask.to(z.dtype)
+                        z = m * z + (1 - m) * traj[i - 1]
         step_frames.append(img.detach().clamp(-1, 1).cpu())
         step_logits.append(logit.detach().cpu())
     with torch.no_grad():
         img = decode(ldm, z).clamp(-1, 1)
         if use_mask:
             pm = _blur(F.interpolate(latent_mask, size=x.shape[-2:], mode="bilinear",
-                                     align_corners=False), 5)
+                                     align_corners=False), 5).to(img.dtype)
             img = pm * img + (1 - pm) * x  # original pixels outside the changing region
         else:
             pm = torch.ones_like(img[:, :1])

@@ -137,3 +137,24 @@ def test_interrupted_run_resumes_to_exactly_one_complete_result(problem, tmp_pat
         r = json.loads((out / e["image"] / "result.json").read_text())
         assert r["status"] == e["status"]
     assert summary["n"] == 16 and summary["n_generated"] == 16
+
+
+def test_guided_runs_in_bfloat16(problem):
+    """The GPU configuration's dtype path, checked for shape and finiteness on CPU."""
+    from dvce.ldm import build_random_ldm, toy_unet_config, toy_vq_config
+    ldm = build_random_ldm(toy_vq_config(64), toy_unet_config(16), seed=1).to(dtype=torch.bfloat16)
+    p = Problem(ldm, BrightnessClassifier(), 31)
+    res = SAMPLERS["guided"](p, _images(2).to(torch.bfloat16), torch.ones(2), num_steps=20,
+                             t_start=100, retry_scales=())
+    assert res.counterfactual.shape == (2, 3, 64, 64) and res.failed == [None, None]
+    assert torch.isfinite(res.counterfactual.float()).all()
+
+
+def test_gpu_benchmark_is_skipped_with_a_message_on_cpu(capsys):
+    import argparse
+    from ldvce.bench import bench_command
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the benchmark would run for real")
+    bench_command(argparse.Namespace(bench_command="generate", gpu=True, n=2, json=None,
+                                     device="cpu"))
+    assert "no CUDA GPU" in capsys.readouterr().out

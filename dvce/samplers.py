@@ -151,8 +151,8 @@ def _blur(m: torch.Tensor, k: int) -> torch.Tensor:
 def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 0.3,
            retry_scales: tuple[float, ...] = (0.6, 1.2), l1_weight: float = 1.0,
            num_steps: int = 50, t_start: int = 500, mask: bool = True,
-           mask_fraction: float = 0.15, mask_dilate: int = 3, mask_from: int = 3,
-           progress: Callable | None = None) -> CFBatch:
+           mask_fraction: float = 0.06, mask_dilate: int = 3, mask_from: int = 3,
+           guide_tail: int = 0, progress: Callable | None = None) -> CFBatch:
     """Latent guided DDIM (FastDiME / MaskDiME / LDCE ideas in latent space, DESIGN.md §5.2).
 
     Invert to ``t_start`` once, then denoise with classifier guidance on the decoded one-step
@@ -162,8 +162,10 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
     moved x̂0 so the DDIM step stays consistent. With ``mask``, the accumulated |g| (the
     self-optimised mask: top ``mask_fraction`` of latent positions, dilated) keeps the inverted
     original trajectory outside the changing region (after ``mask_from`` steps, once the
-    gradient has settled), and the original pixels outside it in the final image. Unflipped
-    samples are retried with the larger ``retry_scales`` (DiME's 8 → 10 → 15 idea).
+    gradient has settled), and the original pixels outside it in the final image. The last
+    ``guide_tail`` steps run unguided, so the denoiser settles the edited region on its learnt
+    manifold instead of keeping adversarial detail. Unflipped samples are retried with the larger
+    ``retry_scales`` (DiME's 8 → 10 → 15 idea).
     """
     ldm = problem.ldm
     x = x.to(ldm.device, ldm.dtype)
@@ -189,7 +191,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
         if len(todo) == 0:
             break
         out = _guided_pass(problem, x[todo], target[todo], z_T[todo], [t[todo] for t in traj], ts,
-                           s, l1_weight, mask, mask_fraction, mask_dilate, mask_from)
+                           s, l1_weight, mask, mask_fraction, mask_dilate, mask_from, guide_tail)
         img, logit, pm, step_frames, step_logits = out
         ok = _finite(img, logit)
         done = _toward(logit, target[todo])
@@ -214,7 +216,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
 
 
 def _guided_pass(problem, x, target, z_T, traj, ts, scale, l1_weight, use_mask, fraction,
-                 dilate, mask_from):
+                 dilate, mask_from, guide_tail=0):
     ldm = problem.ldm
     z = z_T.clone()
     saliency = torch.zeros_like(z[:, :1], dtype=torch.float32)  # float32 also under bf16
@@ -227,6 +229,17 @@ def _guided_pass(problem, x, target, z_T, traj, ts, scale, l1_weight, use_mask, 
         with torch.no_grad():
             eps = predict_eps(ldm, z, t)
             x0 = x0_from_eps(z, eps, a_t)
+        if i < guide_tail:  # unguided tail: plain DDIM, the mask still holds the original
+            with torch.no_grad():
+                img = decode(ldm, x0)
+                logit = problem.logit(img)
+                z = ddim_move(x0, eps, a_prev)
+                if use_mask and i > 0:
+                    m = latent_mask.to(z.dtype)
+                    z = m * z + (1 - m) * traj[i - 1]
+            step_frames.append(img.clamp(-1, 1).cpu())
+            step_logits.append(logit.cpu())
+            continue
         with torch.enable_grad():
             x0g = x0.detach().requires_grad_(True)
             img = decode(ldm, x0g)

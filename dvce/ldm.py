@@ -95,8 +95,8 @@ class LDM:
         return next(self.unet.parameters()).dtype
 
     def to(self, device=None, dtype=None) -> "LDM":
-        self.vqvae.to(device=device, dtype=dtype)
-        self.unet.to(device=device, dtype=dtype)
+        for m in (self.vqvae, self.unet):
+            m.to(device) if dtype is None else m.to(device=device, dtype=dtype)
         return self
 
 
@@ -162,15 +162,16 @@ def load_ldm(source: str | os.PathLike = COMPVIS_ID, device: str | torch.device 
         except Exception as e:  # noqa: BLE001 - every failure here means "weights not available"
             raise LDMNotAvailableError(_missing_message(desc, e)) from e
     try:
-        vqvae = VQModel.from_pretrained(folder / "vqvae")
-        unet = UNet2DModel.from_pretrained(folder / "unet")
+        kw = dict(torch_dtype=dtype, low_cpu_mem_usage=False)
+        vqvae = VQModel.from_pretrained(folder / "vqvae", **kw)
+        unet = UNet2DModel.from_pretrained(folder / "unet", **kw)
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
     except (OSError, ValueError) as e:
         raise LDMNotAvailableError(_missing_message(desc, e)) from e
     scale = latent_scale_of(folder / "vqvae" / "config.json", vqvae)
     vqvae.eval().requires_grad_(False)
     unet.eval().requires_grad_(False)
-    return LDM(vqvae, unet, scheduler, scale, desc).to(device, dtype)
+    return LDM(vqvae, unet, scheduler, scale, desc).to(device)
 
 
 def build_random_ldm(vq_config: dict, unet_config: dict, latent_scale: float = 1.0,

@@ -8,8 +8,10 @@ Recipe (chosen to converge on 2 CPU cores, DESIGN.md §8):
 3. Latent scale = 1 / std of the latents, written as ``scaling_factor`` in the VQ config.
 4. UNet: epsilon prediction on scaled pre-quantisation latents (what CompVis's LDM does), EMA
    weights, horizontal-flip augmentation, cosine LR.
-5. Decoder-only fine-tuning with an edge-weighted L1 (thin shapes such as the lips matter most
-   for the classifiers); the encoder and codebook are frozen, so the UNet's latents stay valid.
+5. Decoder-only fine-tuning with an L1 weighted on edges and, in the toy world, on the detail
+   regions the renderer knows (mouth, eyes, moustache): thin shapes such as the lips decide the
+   attributes, and a plain L1 lets the decoder blur them. The encoder and codebook are frozen, so
+   the UNet's latents stay valid.
 Every phase checkpoints to ``OUT/checkpoints`` and resumes from there.
 """
 from __future__ import annotations
@@ -35,7 +37,8 @@ class LDMTrainConfig:
     vq_batch: int = 32
     vq_lr: float = 2e-3
     unet_steps: int = 4000
-    decoder_steps: int = 400   # decoder-only fine-tuning (encoder/codebook frozen: latents fixed)
+    decoder_steps: int = 1000  # decoder-only fine-tuning (encoder/codebook frozen: latents fixed)
+    region_weight: float = 8.0  # extra L1 weight on the faces' detail regions (mouth, eyes)
     unet_batch: int = 64
     unet_lr: float = 1e-3
     ema: float = 0.999
@@ -161,7 +164,23 @@ def _edge_weight(x: torch.Tensor, k: float = 4.0) -> torch.Tensor:
     return 1 + k * g / g.flatten(1).mean(1).clamp(min=1e-6).view(-1, 1, 1, 1) / 4
 
 
-def finetune_decoder(vq, images, cfg: LDMTrainConfig, ckpt_dir: Path, log):
+DETAIL_REGIONS = ("Smiling", "Eyeglasses", "Mustache")
+
+
+def load_region_masks(lmdb_path, rows) -> torch.Tensor | None:
+    """Union of the detail regions for ``rows`` when the data is a toyfaces folder, else None."""
+    folder = Path(lmdb_path).parent
+    if not (folder / "masks.npz").exists():
+        return None
+    from toyfaces.data import load_masks
+    m = load_masks(folder)
+    union = np.zeros_like(m[DETAIL_REGIONS[0]])
+    for name in DETAIL_REGIONS:
+        union |= m[name]
+    return torch.from_numpy(union[list(rows)]).unsqueeze(1)
+
+
+def finetune_decoder(vq, images, cfg: LDMTrainConfig, ckpt_dir: Path, log, regions=None):
     """Fine-tune ``post_quant_conv`` + decoder on quantised latents of the frozen encoder."""
     params = list(vq.decoder.parameters()) + list(vq.post_quant_conv.parameters())
     opt = torch.optim.Adam(params, lr=cfg.vq_lr * 0.25)
@@ -175,11 +194,15 @@ def finetune_decoder(vq, images, cfg: LDMTrainConfig, ckpt_dir: Path, log):
     while step < cfg.decoder_steps:
         for group in opt.param_groups:
             group["lr"] = _cosine(step, cfg.decoder_steps, cfg.vq_lr * 0.25, warmup=20)
-        x = _batch(images, cfg.vq_batch, gen)
+        idx = torch.randint(0, len(images), (cfg.vq_batch,), generator=gen)
+        x = images[idx].float().div(127.5).sub(1.0)
+        w = _edge_weight(x)
+        if regions is not None:
+            w = w + cfg.region_weight * regions[idx].float()
         with torch.no_grad():
             h = vq.encode(x).latents
         rec = vq.decode(h).sample
-        loss = (_edge_weight(x) * (rec - x).abs()).mean() + 0.5 * F.mse_loss(rec, x)
+        loss = (w * (rec - x).abs()).mean() + 0.5 * F.mse_loss(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -271,7 +294,10 @@ def train_ldm(out_dir, lmdb_path, attr_path, cfg: LDMTrainConfig | None = None, 
     scale = float(1.0 / latents.std())
     vq.register_to_config(scaling_factor=scale)
     unet = train_unet(latents * scale, cfg, ckpt_dir, log).eval()
-    vq = finetune_decoder(vq.train(), images, cfg, ckpt_dir, log).eval()
+    from classifier.dataset import CelebHQAttrDataset
+    rows = CelebHQAttrDataset(lmdb_path, attr_path, split="train").indices[:len(images)]
+    vq = finetune_decoder(vq.train(), images, cfg, ckpt_dir, log,
+                          regions=load_region_masks(lmdb_path, rows)).eval()
     vq.save_pretrained(out / "vqvae", safe_serialization=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     DDIMScheduler(**COMPVIS_SCHEDULE).save_pretrained(out / "scheduler")

@@ -150,8 +150,8 @@ def _blur(m: torch.Tensor, k: int) -> torch.Tensor:
 
 def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 0.3,
            retry_scales: tuple[float, ...] = (0.6, 1.2), l1_weight: float = 1.0,
-           num_steps: int = 50, t_start: int = 500, mask: bool = True,
-           mask_fraction: float = 0.06, mask_dilate: int = 3, mask_from: int = 3,
+           num_steps: int = 20, t_start: int = 500, mask: bool = True,
+           mask_fraction: float = 0.025, mask_dilate: int = 3, mask_from: int = 3,
            guide_tail: int = 0, progress: Callable | None = None) -> CFBatch:
     """Latent guided DDIM (FastDiME / MaskDiME / LDCE ideas in latent space, DESIGN.md §5.2).
 

@@ -214,7 +214,9 @@ def test_pair_analysis_names_the_concepts_that_changed(toy, tmp_path):
     assert res["logit_before"] < 0 < res["logit_after"]
     for layer in ("net.layer3", "net.layer4"):
         info = res["layers"][layer]
-        assert info["gained"] and info["lost"] and len(info["changed"]) == 4
+        # the logit rises from < 0 to > 0, so some concept must gain relevance; none may lose
+        # (with start="logit" every channel can move up together)
+        assert info["gained"] and len(info["changed"]) == 4
         for e in info["gained"]:
             assert e["delta"] > 0 and e["concept"] == f"{layer}#{e['channel']}"
         for e in info["lost"]:

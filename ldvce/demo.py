@@ -95,7 +95,8 @@ def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None) 
     _step("LRP heatmaps of originals and counterfactuals")
     from ldvce.explain import explain_run
     hrh_dir = out / "study" / "hrh"
-    xai_summary = explain_run(run_dir, clf, ["lrp0", "epsilon_plus_flat"], ATTRIBUTE, "logit")
+    # heatmaps first (the study compares them with the HRHs); the panel waits for the HRHs
+    explain_run(run_dir, clf, ["lrp0", "epsilon_plus_flat"], ATTRIBUTE, "logit", panel=False)
     rma = _relevance_mass(run_dir, masks, "epsilon_plus_flat")
 
     _step("CRP: which concepts changed between original and counterfactual")
@@ -105,8 +106,8 @@ def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None) 
     study_summary, study_agreement = _simulated_study(run_dir, masks, oracle, k, out / "study")
 
     _step("overview figure and report")
-    xai_summary = explain_run(run_dir, clf, ["lrp0", "epsilon_plus_flat"], ATTRIBUTE, "logit",
-                              hrh_dir=hrh_dir, panel_path=out / "overview.png")
+    explain_run(run_dir, clf, ["lrp0", "epsilon_plus_flat"], ATTRIBUTE, "logit",
+                hrh_dir=hrh_dir, panel_path=out / "overview.png")
     summary = {
         "classifier_accuracy": acc,
         "flip_rate": metrics["flip_rate"], "l1": metrics["l1"],

@@ -162,7 +162,7 @@ def _print_generate(r: dict) -> None:
 
 
 def bench_command(a) -> None:
-    from ldvce.cli import _device
+    from ldvce.devices import resolve_device as _device
     if a.bench_command == "ldm":
         r = bench_ldm(a.n)
         for k, v in r.items():

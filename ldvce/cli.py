@@ -12,6 +12,8 @@ from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
+from ldvce.devices import resolve_device as _device  # noqa: E402
+
 EPILOG = """examples:
   ldvce demo --out runs/demo                      whole pipeline on the offline toy world
   ldvce toy make-data data/toy --n 2000 --seed 3  render a toyfaces dataset (CelebA-HQ formats)
@@ -32,12 +34,6 @@ def _sub(subparsers, name, help_, description=None, add_help=True):
     return subparsers.add_parser(name, help=help_, description=description or help_,
                                  formatter_class=_Fmt, add_help=add_help)
 
-
-def _device(name: str):
-    import torch
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------------- toy

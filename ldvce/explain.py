@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldvce.devices import resolve_device as _device
+
 PANEL_ROWS = 12
 
 
 # -------------------------------------------------------------------------------- helpers
-def _device(name: str = "auto") -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def model_image_size(model) -> int:

@@ -15,8 +15,8 @@ def load_models(classifier: str, ldm: str = "CompVis/ldm-celebahq-256", device: 
     from classifier.models import load_classifier
     from dvce.ldm import load_ldm
     from ldvce.toyworld import resolve_classifier
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    from ldvce.devices import resolve_device
+    dev = resolve_device(device)
     clf = load_classifier(resolve_classifier(classifier), map_location=dev).requires_grad_(False)
     return clf, load_ldm(ldm, device=dev)
 

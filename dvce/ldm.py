@@ -44,10 +44,10 @@ COMPVIS_UNET_CONFIG = dict(sample_size=64, in_channels=3, out_channels=3, act_fn
                            norm_num_groups=32, time_embedding_type="positional")
 
 
-def toy_vq_config(codebook: int = 512) -> dict:
+def toy_vq_config(codebook: int = 512, widths: tuple = (16, 32, 32)) -> dict:
     """Small VQModel with CompVis's structure (f4: three blocks, 3 latent channels)."""
     return dict(in_channels=3, out_channels=3, act_fn="silu", latent_channels=3,
-                block_out_channels=(16, 32, 32), layers_per_block=1,
+                block_out_channels=widths, layers_per_block=1,
                 down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
                 norm_num_groups=8, num_vq_embeddings=codebook, sample_size=64, vq_embed_dim=3)
 

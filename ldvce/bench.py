@@ -18,9 +18,10 @@ import torch
 # The configurations compared. SEED_FAITHFUL is DESIGN.md §5.1 (with its off-by-one fixed);
 # BEST is what `ldvce generate` uses by default.
 SEED_FAITHFUL = dict(method="seed", batch_size=1,
-                     options=dict(lr=0.05, max_iter=20, l1_weight=10.0, num_steps=100, t_start=780))
+                     options=dict(lr=0.07, max_iter=20, l1_weight=10.0, num_steps=100, t_start=780))
 # The seed's lr is 0.01 on CompVis latents. On the toy LDM that flips only about half of the
-# images in 20 iterations, so the toy benchmark uses 0.05, which lands in the seed's reported
+# images in 20 iterations, so the toy benchmark uses 0.07 (16 unseen faces: flip 0.94, L1 0.091;
+# 0.05 flipped 0.88 after the VQ was retrained), which lands in the seed's reported
 # regime (a few iterations, L1 0.04-0.17); fewer iterations make the seed faster, so the speed-up
 # measured against it is conservative.
 BEST = dict(method="guided", batch_size=16, options=dict())

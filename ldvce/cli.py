@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vq-warmup-steps", type=int, default=1200)
     s.add_argument("--vq-quant-steps", type=int, default=400)
     s.add_argument("--unet-steps", type=int, default=4000)
-    s.add_argument("--decoder-steps", type=int, default=1000, help="decoder-only fine-tuning")
+    s.add_argument("--decoder-steps", type=int, default=400, help="decoder-only fine-tuning")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=2)
     s.set_defaults(func=cmd_toy_train_ldm)

@@ -48,9 +48,6 @@ def test_toy_ldm_reconstruction_and_inversion(roundtrip):
     assert l1 <= 0.05 and inv_l1 <= 0.05
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 0.90-0.92 (toy ResNet and oracle, 400 unseen images): the f4 VQ of the shipped toy "
-    "LDM loses the lip shape on about 1 face in 10; retraining its encoder is the open item"))
 def test_toy_ldm_keeps_the_smiling_decision(roundtrip, toy_resnet):
     x, rec, _ = roundtrip
     with torch.no_grad():

@@ -37,7 +37,7 @@ class LDMTrainConfig:
     vq_batch: int = 32
     vq_lr: float = 2e-3
     unet_steps: int = 4000
-    decoder_steps: int = 1000  # decoder-only fine-tuning (encoder/codebook frozen: latents fixed)
+    decoder_steps: int = 400  # decoder-only fine-tuning (encoder/codebook frozen: latents fixed)
     region_weight: float = 8.0  # extra L1 weight on the faces' detail regions (mouth, eyes)
     unet_batch: int = 64
     unet_lr: float = 1e-3

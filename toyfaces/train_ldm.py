@@ -49,8 +49,9 @@ class LDMTrainConfig:
     checkpoint_every: int = 200
 
 
-def load_images_uint8(lmdb_path, attr_path, limit: int | None = None) -> torch.Tensor:
-    """All training-split images as a uint8 tensor (N, 3, H, W): small enough for memory."""
+def load_images_uint8(lmdb_path, attr_path, limit: int | None = None):
+    """All training-split images as a uint8 tensor (N, 3, H, W), small enough for memory, and
+    their LMDB rows (to look up per-image data such as the region masks)."""
     from classifier.dataset import CelebHQAttrDataset
     from classifier.images import decode_image
     from classifier.lmdb_store import image_key
@@ -60,7 +61,7 @@ def load_images_uint8(lmdb_path, attr_path, limit: int | None = None) -> torch.T
     for i, row in enumerate(tqdm(rows, desc="loading images", unit="img")):
         img = decode_image(ds._txn_get(image_key(ds.key_size, row)), ds.image_size)
         out[i] = torch.from_numpy(np.array(img)).permute(2, 0, 1)
-    return out
+    return out, list(rows)
 
 
 def _batch(images: torch.Tensor, bs: int, gen: torch.Generator, regions=None):
@@ -303,9 +304,7 @@ def train_ldm(out_dir, lmdb_path, attr_path, cfg: LDMTrainConfig | None = None, 
         rec["elapsed_s"] = round(time.time() - t0, 1)
         logf.write(json.dumps(rec) + "\n"); logf.flush()
 
-    images = load_images_uint8(lmdb_path, attr_path, limit)
-    from classifier.dataset import CelebHQAttrDataset
-    rows = CelebHQAttrDataset(lmdb_path, attr_path, split="train").indices[:len(images)]
+    images, rows = load_images_uint8(lmdb_path, attr_path, limit)
     regions = load_region_masks(lmdb_path, rows)
     vq = train_vq(images, cfg, ckpt_dir, log, regions).eval()
     latents = encode_all(vq, images)

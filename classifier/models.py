@@ -131,43 +131,129 @@ class LinearClassifier(AttributeClassifier):
         return f"LinearClassifier(input_dim={tuple(self.hparams.input_dim)})"
 
 
-RESNET_ARCHS = ("resnet50", "resnet18", "resnet34")
+RESNET_ARCHS = ("resnet50", "resnet18", "resnet34", "resnet10")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 class ResNet50Classifier(AttributeClassifier):
-    """torchvision ResNet (resnet50 by default; resnet18/34 for the toy world) with a C-way head.
+    """torchvision ResNet (resnet50 by default; resnet10/18/34 for the toy world) with a C-way head.
 
     ``pretrained`` loads torchvision's ImageNet weights *only if* they are already in the local
     torch cache; training never requires them and loading a checkpoint never touches the network.
+
+    Geometry options (defaults give the plain torchvision network):
+
+    - ``stem="small"``: a 3×3 first convolution (stride 2) for small images.
+    - ``output_stride`` 32, 16 or 8: the last stages keep their input grid (no dilation), so the
+      final feature map is 8×8 at 64² with ``output_stride=8`` — the grid ResNet50 has at 256².
+    - ``pool="max"``: global max pooling instead of average pooling before the head.
+    - ``pointwise_stages``: stages whose 3×3 convolutions become 1×1, as in BagNet (Brendel &
+      Bethge, ICLR 2019). This bounds the receptive field, so each final cell (and the decision)
+      is built from local evidence only.
     """
 
     def __init__(self, num_classes: int = NUM_ATTRIBUTES, arch: str = "resnet50",
                  pretrained: bool = False, image_size: int = 256, lr: float = 1e-4,
                  weight_decay: float = 0.01, highlight: str = "Smiling", stem: str = "imagenet",
-                 lr_schedule: str = "constant"):
+                 lr_schedule: str = "constant", output_stride: int = 32, pool: str = "avg",
+                 pointwise_stages: list[str] | None = None):
         super().__init__(num_classes, lr, weight_decay, highlight)
         if arch not in RESNET_ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {RESNET_ARCHS}")
         if stem not in ("imagenet", "small"):
             raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+        pointwise_stages = list(pointwise_stages or [])
+        unknown = [s for s in pointwise_stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown pointwise_stages {unknown}; choose from {STAGES}")
+        if pretrained and (arch == "resnet10" or pointwise_stages):
+            raise ValueError("ImageNet weights exist only for the unmodified resnet18/34/50")
         self.save_hyperparameters({"num_classes": num_classes, "arch": arch, "pretrained": pretrained,
                                    "image_size": image_size, "lr": lr, "weight_decay": weight_decay,
                                    "highlight": highlight, "stem": stem,
-                                   "lr_schedule": lr_schedule})
-        import torchvision
-        net = getattr(torchvision.models, arch)(weights=None)
+                                   "lr_schedule": lr_schedule, "output_stride": output_stride,
+                                   "pool": pool, "pointwise_stages": pointwise_stages})
+        net = _torchvision_resnet(arch)
         if pretrained:
             _load_imagenet_if_cached(net, arch)
         if stem == "small":
             # Small images (the 64² toy world): a 3×3 first convolution instead of 7×7 at the same
             # stride, so one first-layer unit (and LRP's Flat rule on it) covers a mouth-sized patch.
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
+        _set_output_stride(net, output_stride)
+        for stage in pointwise_stages:
+            _make_pointwise(getattr(net, stage))
+        if pool == "max":
+            net.avgpool = nn.AdaptiveMaxPool2d(1)  # torchvision's forward calls it "avgpool"
         net.fc = nn.Linear(net.fc.in_features, num_classes)
         self.net = net
 
     @property
     def architecture(self) -> str:
-        return f"ResNet50Classifier(arch={self.hparams.arch})"
+        hp = self.hparams
+        extra = "".join(f", {k}={hp.get(k)}" for k, default in
+                        (("output_stride", 32), ("pool", "avg"), ("pointwise_stages", []))
+                        if hp.get(k, default) != default)
+        return f"ResNet50Classifier(arch={hp.arch}{extra})"
+
+
+def _torchvision_resnet(arch: str) -> nn.Module:
+    import torchvision
+    if arch == "resnet10":  # one BasicBlock per stage; torchvision has the class, not the name
+        from torchvision.models.resnet import BasicBlock, ResNet
+        return ResNet(BasicBlock, [1, 1, 1, 1])
+    return getattr(torchvision.models, arch)(weights=None)
+
+
+def _set_output_stride(net: nn.Module, output_stride: int) -> None:
+    """Drop the stride of layer4 (then layer3) until the network's total stride is output_stride.
+
+    No dilation (unlike DeepLab): the receptive field shrinks with the stride, which is the point
+    for small images, where a stride-32 ResNet's last grid is 2×2 and each cell sees everything.
+    """
+    stride = 32
+    for stage in (net.layer4, net.layer3):
+        if stride <= output_stride:
+            break
+        for m in stage[0].modules():
+            if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+                m.stride = (1, 1)
+        stride //= 2
+
+
+def _make_pointwise(stage: nn.Module) -> None:
+    """Replace every 3×3 convolution of a stage's blocks by a 1×1 one with the same stride."""
+    for block in stage:
+        for name, m in list(block.named_children()):
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+                setattr(block, name, nn.Conv2d(m.in_channels, m.out_channels, kernel_size=1,
+                                               stride=m.stride, padding=0, bias=False))
+
+
+def receptive_field(net: nn.Module, image_size: int) -> int:
+    """Width in pixels of the input region that reaches the centre cell of ``net``'s last stage
+    (measured with a gradient, so it holds for any stem, stride or pointwise setting)."""
+    # a random image keeps ReLUs open on every path (an all-zero one can close them all)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, image_size, image_size, generator=gen).requires_grad_(True)
+    feats = {}
+    handle = net.layer4.register_forward_hook(lambda m, i, o: feats.__setitem__("out", o))
+    was_training = net.training
+    try:
+        net.eval()
+        net(x)
+        out = feats["out"]
+        h, w = out.shape[-2:]
+        (g,) = torch.autograd.grad(out[0, :, h // 2, w // 2].sum(), x)
+    finally:
+        handle.remove()
+        net.train(was_training)
+    cols = torch.nonzero(g.abs().sum((0, 1, 2)) > 0)
+    return int(cols.max() - cols.min() + 1) if len(cols) else 0
 
 
 def _load_imagenet_if_cached(net: nn.Module, arch: str) -> None:

@@ -19,7 +19,7 @@ CONFIGS = REPO / "configs" / "classifier"
 TOY_CLASSIFIERS = {
     "toy_resnet": ("toy_resnet.yaml", []),
     "toy_linear": ("toy_linear.yaml", []),
-    "toy_oracle": ("toy_resnet.yaml", ["--model.init_args.stem", "imagenet", "--seed_everything", "123"]),
+    "toy_oracle": ("toy_oracle.yaml", []),
 }
 TRAIN_DATA = ("toy-train", 12000, 1)
 TEST_DATA = ("toy-test", 400, 7)

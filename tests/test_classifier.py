@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from classifier.models import (CheckpointMismatchError, LinearClassifier, ResNet50Classifier,
-                               export_safetensors, load_classifier)
+                               export_safetensors, load_classifier, receptive_field)
 from tests.conftest import REPO
 
 
@@ -15,6 +15,37 @@ def test_models_shapes_and_input_size_from_config():
     lin = LinearClassifier(input_dim=(3, 32, 32))
     assert lin(torch.randn(2, 3, 32, 32)).shape == (2, 40)
     assert isinstance(lin.net[1], torch.nn.Dropout) and lin.net[2].in_features == 3 * 32 * 32
+
+
+def _config_model(name):
+    import yaml
+    cfg = yaml.safe_load((REPO / "configs" / "classifier" / name).read_text())["model"]
+    assert cfg["class_path"] == "classifier.models.ResNet50Classifier"
+    return ResNet50Classifier(**cfg["init_args"])
+
+
+def test_toy_resnet_geometry_local_evidence_vs_plain_resnet():
+    """The toy ResNet's config gives what its comment promises: an 8×8 last grid at 64², a
+    23-pixel receptive field and a max-pooled head; the oracle stays a plain stride-32 ResNet18
+    whose last cells see far beyond the image (as ResNet50 does at 256², 427 px)."""
+    toy, oracle = _config_model("toy_resnet.yaml"), _config_model("toy_oracle.yaml")
+    feats = {}
+    toy.net.layer4.register_forward_hook(lambda m, i, o: feats.__setitem__("grid", o.shape[-2:]))
+    assert toy(torch.randn(2, 3, 64, 64)).shape == (2, 40)
+    assert tuple(feats["grid"]) == (8, 8)
+    assert isinstance(toy.net.avgpool, torch.nn.AdaptiveMaxPool2d)
+    assert receptive_field(toy.net, 256) == 23
+    assert receptive_field(oracle.net, 1024) > 400
+    assert receptive_field(ResNet50Classifier().net, 1024) == 427
+    assert "pool=max" in toy.architecture and "output_stride=8" in toy.architecture
+
+
+@pytest.mark.parametrize("bad", [{"output_stride": 4}, {"pool": "median"},
+                                 {"pointwise_stages": ["layer9"]},
+                                 {"arch": "resnet10", "pretrained": True}])
+def test_resnet_geometry_options_are_checked(bad):
+    with pytest.raises(ValueError):
+        ResNet50Classifier(**{"arch": "resnet18", **bad})
 
 
 def _train_tiny(tmp_path, config, extra=()):

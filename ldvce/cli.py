@@ -108,7 +108,12 @@ def cmd_train(a, rest):
 
 def cmd_classifier_evaluate(a):
     from classifier.evaluate import evaluate_checkpoint
-    evaluate_checkpoint(a.checkpoint, a.data, a.attr_file, split=a.split, attribute=a.attribute,
+    from ldvce.toyworld import resolve_classifier
+    try:
+        checkpoint = resolve_classifier(a.checkpoint)
+    except FileNotFoundError as e:
+        raise SystemExit(f"ldvce classifier evaluate: {e}")
+    evaluate_checkpoint(checkpoint, a.data, a.attr_file, split=a.split, attribute=a.attribute,
                         export_misclassified=a.export_misclassified, batch_size=a.batch_size,
                         device=_device(a.device))
 
@@ -262,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     clf = _sub(sub, "classifier", "classifier tools")
     csub = clf.add_subparsers(dest="classifier_command", metavar="ACTION", required=True)
     s = _sub(csub, "evaluate", "per-attribute accuracy / balanced accuracy / AUROC of a checkpoint")
-    s.add_argument("checkpoint")
+    s.add_argument("checkpoint", help="checkpoint (.ckpt/.safetensors) or a toy name: toy_resnet, "
+                                      "toy_linear, toy_oracle")
     s.add_argument("--data", required=True, help="LMDB or toyfaces folder")
     s.add_argument("--attr-file", help="CelebAMask-HQ-attribute-anno.txt (not needed for toyfaces)")
     s.add_argument("--split", default="test", help="train, val, test or all")
@@ -352,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     b = _sub(bsub, "ldm", "toy LDM quality: VQ round trip, classifier agreement, DDIM inversion")
     b.add_argument("--n", type=int, default=200)
     b.add_argument("--json")
+    b.set_defaults(func=cmd_bench)
+    b = _sub(bsub, "lrp", "LRP relevance mass in the mouth per composite: toy ResNet vs oracle")
+    b.add_argument("--n", type=int, default=32, help="held-out toy faces")
+    b.add_argument("--composites", help="comma-separated registry names (default: all)")
+    b.add_argument("--figure", help="also write a figure of faces and LRP-EPF maps here (PNG)")
+    b.add_argument("--json", help="also write the results here")
+    b.add_argument("--device", default="auto")
     b.set_defaults(func=cmd_bench)
     return p
 

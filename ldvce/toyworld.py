@@ -72,3 +72,17 @@ def resolve_classifier(name_or_path: str) -> Path:
         raise FileNotFoundError(f"classifier checkpoint not found: {p} (or use one of "
                                 f"{', '.join(TOY_CLASSIFIERS)} for the toy world)")
     return p
+
+
+def held_out_faces(n: int = 32, attribute: str = "Smiling"):
+    """(images (n, 3, 64, 64) in [-1, 1], region masks (n, 64, 64) bool, rows): the first ``n``
+    test-split faces of the training world (never trained on), with ``attribute``'s ground truth."""
+    import torch
+    import toyfaces
+    from classifier import CelebHQAttrDataset
+    folder = toy_data()
+    lmdb, attr = toyfaces.paths(folder)
+    rows = CelebHQAttrDataset(lmdb, attr, split="test").indices[:n]
+    ds = CelebHQAttrDataset(lmdb, attr, indices=rows, image_size=64, augment=False)
+    x = torch.stack([ds[i]["img"] for i in range(len(ds))])
+    return x, toyfaces.load_masks(folder)[attribute][rows], rows

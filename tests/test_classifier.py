@@ -117,3 +117,5 @@ def test_evaluate_command_and_misclassified_export(tmp_path, toy_unseen, toy_res
     for f in out.glob("*.png"):
         idx, gt, tag = f.stem.split("_")
         assert tag == "misclassified" and gt in ("0.0", "1.0") and idx.isdigit()
+    with pytest.raises(SystemExit, match="checkpoint not found: .*nope.ckpt"):
+        main(["classifier", "evaluate", str(tmp_path / "nope.ckpt"), "--data", str(toy_unseen)])

@@ -239,7 +239,9 @@ def receptive_field(net: nn.Module, image_size: int) -> int:
     (measured with a gradient, so it holds for any stem, stride or pointwise setting)."""
     # a random image keeps ReLUs open on every path (an all-zero one can close them all)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, image_size, image_size, generator=gen).requires_grad_(True)
+    param = next(net.parameters())
+    x = torch.randn(1, 3, image_size, image_size, generator=gen).to(param)
+    x.requires_grad_(True)
     feats = {}
     handle = net.layer4.register_forward_hook(lambda m, i, o: feats.__setitem__("out", o))
     was_training = net.training

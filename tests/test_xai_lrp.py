@@ -274,3 +274,5 @@ def test_bench_lrp_compares_toy_resnet_with_plain_resnet(toy_resnet_ckpt, tmp_pa
     assert toy["receptive_field_px"] == 23 and oracle["receptive_field_px"] > 400
     assert toy["epsilon_plus_flat"] >= 0.5 > oracle["epsilon_plus_flat"]
     assert fig.stat().st_size > 10_000 and "relevance mass in the mouth box" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown composite"):
+        main(["bench", "lrp", "--n", "2", "--composites", "epsilon_plus_flat,nope"])

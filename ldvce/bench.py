@@ -165,8 +165,8 @@ def bench_lrp(n: int = 32, composites=None, figure=None, device="cpu") -> dict:
     plain ResNet18 whose last cells see the whole image. Same held-out faces for both.
     """
     from classifier.models import load_classifier, receptive_field
-    from ldvce.explain import _decision_mass
     from ldvce.toyworld import held_out_faces, toy_classifier
+    from study.metrics import relevance_mass_accuracy
     from xai.lrp import COMPOSITES, attribute
     x, masks, _ = held_out_faces(n)
     names = list(composites or COMPOSITES)
@@ -181,10 +181,12 @@ def bench_lrp(n: int = 32, composites=None, figure=None, device="cpu") -> dict:
         for c in names:
             res = attribute(model, x.to(device), "Smiling", c, full=True)
             heat, logit = res.heatmap.cpu().numpy(), res.logits[:, 31].cpu().numpy()
-            mass = [_decision_mass(heat[i], logit[i], masks[i]) for i in range(len(x))]
-            row[c] = float(np.mean([m for m in mass if m is not None]))
+            decision = heat * np.sign(logit)[:, None, None]  # relevance for the decision taken
+            mass = np.array([relevance_mass_accuracy(decision[i], masks[i])
+                             for i in range(len(x))])
+            row[c] = float(np.nanmean(mass))
             if c == "epsilon_plus_flat":
-                maps[model_name] = (heat * np.sign(logit)[:, None, None], mass)
+                maps[model_name] = (decision, mass)
         result["models"][model_name] = row
     if figure:
         _lrp_figure(x, masks, maps, result, figure)
@@ -206,7 +208,7 @@ def _lrp_figure(x, masks, maps, result, path, columns: int = 8):
             v = symmetric_vmax(heat[j])
             axes[i, j].imshow(heat[j], cmap=colormap("bwr"), vmin=-v, vmax=v)
             axes[i, j].contour(masks[j], levels=[0.5], colors="k", linewidths=0.6)
-            axes[i, j].set_title(f"{mass[j]:.2f}" if mass[j] is not None else "–", fontsize=8)
+            axes[i, j].set_title("–" if np.isnan(mass[j]) else f"{mass[j]:.2f}", fontsize=8)
     for i, name in enumerate(maps, start=1):
         row = result["models"][name]
         axes[i, 0].set_ylabel(f"{name}\nRF {row['receptive_field_px']} px\n"

@@ -14,12 +14,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "classifier"
 
-# (config, extra overrides). The oracle differs in architecture (ImageNet-style 7x7 stem) and
-# seed, like the published protocol's separately trained oracle.
+# name -> config. The oracle differs in architecture (a plain ResNet18) and seed, like the
+# published protocol's separately trained oracle.
 TOY_CLASSIFIERS = {
-    "toy_resnet": ("toy_resnet.yaml", []),
-    "toy_linear": ("toy_linear.yaml", []),
-    "toy_oracle": ("toy_oracle.yaml", []),
+    "toy_resnet": "toy_resnet.yaml",
+    "toy_linear": "toy_linear.yaml",
+    "toy_oracle": "toy_oracle.yaml",
 }
 TRAIN_DATA = ("toy-train", 12000, 1)
 TEST_DATA = ("toy-test", 400, 7)
@@ -47,11 +47,11 @@ def toy_classifier(name: str = "toy_resnet", quiet: bool = True) -> Path:
     if ckpt.exists():
         return ckpt
     from classifier.train import main as train_main
-    cfg, extra = TOY_CLASSIFIERS[name]
+    cfg = TOY_CLASSIFIERS[name]
     data = toy_data(TRAIN_DATA)
     root = cache_dir() / "runs" / name
     args = ["--config", str(CONFIGS / cfg), "--data.data_path", str(data),
-            "--trainer.default_root_dir", str(root), "--run_name", name, *extra]
+            "--trainer.default_root_dir", str(root), "--run_name", name]
     if quiet:
         args += ["--trainer.enable_progress_bar", "false"]
     print(f"[ldvce] training the {name} classifier (cached afterwards at {ckpt}) …", flush=True)

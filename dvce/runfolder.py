@@ -1,0 +1,249 @@
+"""The run folder of ``ldvce generate``: the one module that reads and writes its layout.
+
+Layout of a run folder ``RUN``::
+
+    RUN/<image_id>/original.png reconstruction.png counterfactual.png diff.png diff.npy
+                   sequence/000.png … sequence.gif [mask.npy] result.json
+    RUN/manifest.jsonl   one line per input: {"image", "status", "reason"}
+    RUN/summary.json     n, flip_rate, mean_l1, seconds_per_image, method, …
+    RUN/.<image_id>.partial/   an item being written (never read as a result)
+
+An item is *finished* when its folder holds a readable ``result.json``; items are written under a
+``.partial`` name and renamed when complete, so a run killed at any point never leaves a folder
+that looks finished. ``result.json["frames"]`` lists every frame of the sequence with its logit
+and its ``path`` relative to the item folder (frame 0 the original, 1 the DDIM reconstruction,
+2.. the sampler's steps).
+
+Depends on the standard library and the :mod:`fileio` helpers only (no torch), so ``study`` reads runs
+without importing torch.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from fileio import atomic_write_text, read_json, write_json
+
+RESULT = "result.json"
+MANIFEST = "manifest.jsonl"
+SUMMARY = "summary.json"
+METRICS = "metrics.json"
+SEQUENCE = "sequence"
+ORIGINAL = "original.png"
+RECONSTRUCTION = "reconstruction.png"
+COUNTERFACTUAL = "counterfactual.png"
+DIFF = "diff.png"
+DIFF_NPY = "diff.npy"
+MASK_NPY = "mask.npy"
+GIF = "sequence.gif"
+STATUSES = ("ok", "not_flipped", "failed", "unreadable")
+
+
+def frame_name(k: int) -> str:
+    """Relative path of frame ``k`` inside an item folder."""
+    return f"{SEQUENCE}/{k:03d}.png"
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts ``frame_2`` before ``frame_10`` and ``900`` before ``27300``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name))]
+
+
+@dataclass(frozen=True)
+class RunItem:
+    """One finished counterfactual: its id, folder and ``result.json``."""
+    image_id: str
+    folder: Path
+    result: dict
+
+    @property
+    def original(self) -> Path:
+        return self.folder / ORIGINAL
+
+    @property
+    def reconstruction(self) -> Path:
+        return self.folder / RECONSTRUCTION
+
+    @property
+    def counterfactual(self) -> Path:
+        return self.folder / COUNTERFACTUAL
+
+    @property
+    def diff(self) -> Path:
+        return self.folder / DIFF
+
+    @property
+    def mask(self) -> Path | None:
+        p = self.folder / MASK_NPY
+        return p if p.is_file() else None
+
+    @property
+    def switch_frame(self) -> int | None:
+        sf = self.result.get("switch_frame")
+        return int(sf) if sf is not None else None
+
+    @property
+    def source_index(self) -> int | None:
+        """The dataset row the image came from (LMDB runs), else the id if it is a number."""
+        row = (self.result.get("source") or {}).get("index")
+        if row is None and str(self.image_id).isdigit():
+            row = int(self.image_id)
+        return None if row is None else int(row)
+
+    def frame_paths(self) -> list[Path]:
+        """The sequence's frame images in order (see :func:`frame_paths`)."""
+        return frame_paths(self.folder, self.result)
+
+
+def frame_paths(folder, result: dict | None = None) -> list[Path]:
+    """Frame images of an item folder, in sequence order.
+
+    The ``path`` of each ``result["frames"]`` entry when all exist (what ``ldvce generate``
+    writes); else ``sequence/*.png``, ``frames/*.png`` or ``frame*.png`` in natural order (older
+    runs and other tools' folders).
+    """
+    folder = Path(folder)
+    frames = (result if result is not None else read_result(folder) or {}).get("frames")
+    if isinstance(frames, list) and frames and all(isinstance(f, dict) for f in frames):
+        rels = [f.get("path") or f.get("image") or f.get("file") for f in frames]
+        if all(rels) and all((folder / r).is_file() for r in rels):
+            return [folder / r for r in rels]
+    for pattern in (f"{SEQUENCE}/*.png", "frames/*.png", "frames/*.jpg", "frame*.png"):
+        found = sorted(folder.glob(pattern), key=lambda p: natural_key(p.name))
+        if found:
+            return found
+    return []
+
+
+def read_result(folder) -> dict | None:
+    """``folder/result.json`` as a dict, or None when absent or unreadable."""
+    r = read_json(Path(folder) / RESULT)
+    return r if isinstance(r, dict) else None
+
+
+def _is_item_dir(d: Path) -> bool:
+    return d.is_dir() and not d.name.startswith(".")
+
+
+def finished(run_dir) -> dict[str, dict]:
+    """Finished items of a run: ``{image_id: result}`` (unordered; see :func:`list_items`)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return {}
+    out = {}
+    for d in run_dir.iterdir():
+        if _is_item_dir(d):
+            r = read_result(d)
+            if r is not None:
+                out[d.name] = r
+    return out
+
+
+def list_items(run_dir) -> list[RunItem]:
+    """Finished items of a run, in manifest order (input order), the rest in natural order."""
+    run_dir = Path(run_dir)
+    done = finished(run_dir)
+    order = [k for k in read_manifest(run_dir) if k in done]
+    order += sorted((k for k in done if k not in set(order)), key=natural_key)
+    return [RunItem(k, run_dir / k, done[k]) for k in order]
+
+
+def get_item(run_dir, image_id: str) -> RunItem | None:
+    """The finished item ``image_id`` of a run, or None."""
+    folder = Path(run_dir) / str(image_id)
+    r = read_result(folder) if _is_item_dir(folder) else None
+    return RunItem(str(image_id), folder, r) if r is not None else None
+
+
+def find_item(root, image_id: str) -> RunItem | None:
+    """The item of ``image_id`` in ``root``: the folder named so, else one whose name contains
+    the id as a token (``folder_IMG_27300``, ``27300_1.0_misclassified``), else None."""
+    if root is None or not Path(root).is_dir():
+        return None
+    hit = get_item(root, image_id)
+    if hit is not None:
+        return hit
+    for d in sorted(Path(root).iterdir(), key=lambda p: natural_key(p.name)):
+        if _is_item_dir(d) and str(image_id) in re.split(r"[^0-9A-Za-z]+", d.name):
+            r = read_result(d)
+            if r is not None:
+                return RunItem(str(image_id), d, r)
+    return None
+
+
+def is_run(path) -> bool:
+    """True when ``path`` is a folder with at least one finished item."""
+    path = Path(path)
+    return path.is_dir() and any(_is_item_dir(d) and (d / RESULT).is_file() for d in path.iterdir())
+
+
+# ------------------------------------------------------------------------------- manifest/summary
+def read_manifest(run_dir) -> dict[str, dict]:
+    """``manifest.jsonl`` as ``{image_id: entry}`` in file order (malformed lines skipped)."""
+    p = Path(run_dir) / MANIFEST
+    entries: dict[str, dict] = {}
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            try:
+                e = json.loads(line)
+                entries[str(e["image"])] = e
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return entries
+
+
+def write_manifest(run_dir, entries) -> None:
+    """Write manifest entries (an iterable of dicts with ``image``) atomically."""
+    atomic_write_text(Path(run_dir) / MANIFEST, "".join(json.dumps(e) + "\n" for e in entries))
+
+
+def read_summary(run_dir) -> dict | None:
+    s = read_json(Path(run_dir) / SUMMARY)
+    return s if isinstance(s, dict) else None
+
+
+def write_summary(run_dir, summary: dict) -> Path:
+    return write_json(Path(run_dir) / SUMMARY, summary)
+
+
+# ------------------------------------------------------------------------------- writing items
+def partial_folder(run_dir, image_id: str) -> Path:
+    return Path(run_dir) / f".{image_id}.partial"
+
+
+def clean_partials(run_dir) -> int:
+    """Remove items left half-written by a killed run; returns how many."""
+    stale = list(Path(run_dir).glob(".*.partial")) if Path(run_dir).is_dir() else []
+    for d in stale:
+        shutil.rmtree(d, ignore_errors=True)
+    return len(stale)
+
+
+@contextmanager
+def writing_item(run_dir, image_id: str) -> Iterator[Path]:
+    """Write one item atomically: yields a temporary folder to fill; on leaving the block the
+    caller must have written ``result.json`` (via :func:`write_result`), then the folder is renamed
+    into place (replacing an older one). On an error the temporary folder is removed."""
+    final = Path(run_dir) / str(image_id)
+    tmp = partial_folder(run_dir, image_id)
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / SEQUENCE).mkdir(parents=True)
+    try:
+        yield tmp
+        if not (tmp / RESULT).is_file():
+            raise RuntimeError(f"{final}: no {RESULT} written; the item is not finished")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def write_result(folder, result: dict) -> Path:
+    """``result.json`` of an item folder (written last: it marks the item finished)."""
+    return write_json(Path(folder) / RESULT, result)

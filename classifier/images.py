@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from fileio import IMAGE_SUFFIXES, atomic_write_bytes, list_image_files  # noqa: F401 (re-exported)
 
 
 class UnreadableImageError(ValueError):
@@ -94,20 +93,6 @@ def encode_png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class FolderImages:
     """Images read from a folder: ids (file stems), tensors, and the files that were skipped."""
@@ -115,14 +100,6 @@ class FolderImages:
     paths: list[Path]
     images: list[torch.Tensor]
     problems: list[tuple[Path, str]]
-
-
-def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Every regular file in ``folder`` (sorted), images or not: non-images are reported later."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def load_folder(folder: str | os.PathLike, size: int) -> FolderImages:

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ import torch.nn.functional as F
 
 from classifier.attributes import attribute_index
 from classifier.images import load_image
+from dvce import runfolder
+from dvce.runfolder import RunItem
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
@@ -49,18 +50,12 @@ def mnac(oracle_logits_before: torch.Tensor, oracle_logits_after: torch.Tensor,
     return changed.sum(1).float()
 
 
-def load_run(run_dir) -> list[dict]:
-    """The finished results of a run folder (one dict per image, with its folder)."""
-    run_dir = Path(run_dir)
-    out = []
-    for d in sorted(run_dir.iterdir()):
-        if d.is_dir() and not d.name.startswith(".") and (d / "result.json").exists():
-            r = json.loads((d / "result.json").read_text())
-            r["_dir"] = d
-            out.append(r)
-    if not out:
+def load_run(run_dir) -> list[RunItem]:
+    """The finished items of a run folder (see :mod:`dvce.runfolder`); raises when there are none."""
+    items = runfolder.list_items(run_dir)
+    if not items:
         raise FileNotFoundError(f"no finished counterfactuals (*/result.json) in {run_dir}")
-    return out
+    return items
 
 
 @torch.no_grad()
@@ -72,13 +67,13 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
     oracle was trained to see vary — all 40 for CelebA-HQ, the modelled ones for toyfaces).
     ``masks``: toyfaces masks (attribute -> (N, H, W)); image ids must be dataset rows.
     """
-    results = load_run(run_dir)
-    attribute = attribute or results[0].get("attribute", "Smiling")
+    items = load_run(run_dir)
+    attribute = attribute or items[0].result.get("attribute", "Smiling")
     t_idx = attribute_index(attribute)
-    xs = torch.stack([load_image(r["_dir"] / "original.png", _size(r)) for r in results])
-    cfs = torch.stack([load_image(r["_dir"] / "counterfactual.png", _size(r)) for r in results])
+    xs = torch.stack([load_image(it.original, _size(it)) for it in items])
+    cfs = torch.stack([load_image(it.counterfactual, _size(it)) for it in items])
     per = {
-        "flipped": torch.tensor([bool(r["flipped"]) for r in results], dtype=torch.float),
+        "flipped": torch.tensor([bool(it.result["flipped"]) for it in items], dtype=torch.float),
         "l1": (cfs - xs).abs().flatten(1).mean(1),
         "l2": (cfs - xs).pow(2).flatten(1).mean(1).sqrt(),
         "ssim": ssim((xs + 1) / 2, (cfs + 1) / 2),
@@ -98,29 +93,28 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
     if masks is not None:
         region = masks[attribute]
         loc = []
-        for r, x, c in zip(results, xs, cfs):
-            row = r.get("source", {}).get("index", None)
-            row = int(r["image"]) if row is None and str(r["image"]).isdigit() else row
+        for it, x, c in zip(items, xs, cfs):
+            row = it.source_index
             loc.append(localization((c - x).abs().sum(0).numpy(), region[row]) if row is not None
                        else float("nan"))
         per["localization"] = torch.tensor(loc)
     metrics = {k: float(torch.nanmean(v.float())) for k, v in per.items()}
     metrics["flip_rate"] = metrics.pop("flipped")
-    metrics["n"] = len(results)
+    metrics["n"] = len(items)
     metrics["attribute"] = attribute
-    metrics["per_image"] = {r["image"]: {k: float(v[i]) for k, v in per.items()}
-                            for i, r in enumerate(results)}
+    metrics["per_image"] = {it.image_id: {k: float(v[i]) for k, v in per.items()}
+                            for i, it in enumerate(items)}
     return metrics
 
 
-def _size(r: dict) -> int | None:
+def _size(it: RunItem) -> int | None:
     from PIL import Image
-    with Image.open(r["_dir"] / "original.png") as im:
+    with Image.open(it.original) as im:
         return im.size[0]
 
 
 def write_metrics(run_dir, metrics: dict) -> Path:
-    from dvce.runner import write_json
+    from fileio import write_json
     path = Path(run_dir) / "metrics.json"
     write_json(path, metrics)
     return path

@@ -160,20 +160,27 @@ def get_item(run_dir, image_id: str) -> RunItem | None:
     return RunItem(str(image_id), folder, r) if r is not None else None
 
 
-def find_item(root, image_id: str) -> RunItem | None:
-    """The item of ``image_id`` in ``root``: the folder named so, else one whose name contains
-    the id as a token (``folder_IMG_27300``, ``27300_1.0_misclassified``), else None."""
+def find_folder(root, image_id: str, layout: str = "{image_id}") -> Path | None:
+    """The folder of ``image_id`` under ``root``: ``root/layout.format(image_id=…)`` when it
+    exists, else the first sub-folder whose name contains the id as a token (``folder_IMG_27300``,
+    ``27300_1.0_misclassified``), else None. Finished or not: other tools' folders count too."""
     if root is None or not Path(root).is_dir():
         return None
-    hit = get_item(root, image_id)
-    if hit is not None:
-        return hit
-    for d in sorted(Path(root).iterdir(), key=lambda p: natural_key(p.name)):
+    root = Path(root)
+    d = root / layout.format(image_id=image_id)
+    if d.is_dir():
+        return d
+    for d in sorted(root.iterdir(), key=lambda p: natural_key(p.name)):
         if _is_item_dir(d) and str(image_id) in re.split(r"[^0-9A-Za-z]+", d.name):
-            r = read_result(d)
-            if r is not None:
-                return RunItem(str(image_id), d, r)
+            return d
     return None
+
+
+def find_item(root, image_id: str) -> RunItem | None:
+    """The finished item of ``image_id`` under ``root`` (located by :func:`find_folder`), or None."""
+    folder = find_folder(root, image_id)
+    r = read_result(folder) if folder is not None else None
+    return RunItem(str(image_id), folder, r) if r is not None else None
 
 
 def is_run(path) -> bool:

@@ -1,20 +1,12 @@
 """Batch runner: images in, one folder per image out, resumable and never half-written.
 
-Layout of ``OUT``::
-
-    OUT/<image_id>/original.png reconstruction.png counterfactual.png diff.png
-                   sequence/000.png … sequence.gif result.json
-    OUT/manifest.jsonl   one line per input: {"image", "status", "reason"}
-    OUT/summary.json     n, flip_rate, mean_l1, seconds_per_image, method, …
-
-Each image folder is written as ``OUT/.<id>.partial`` and renamed when complete; the manifest and
-summary are rewritten atomically from the folders after every batch, so a run killed at any point
-resumes by skipping the finished folders and agrees with them.
+The folder layout is owned by :mod:`dvce.runfolder`. Each image folder is written under a
+temporary name and renamed when complete; the manifest and summary are rewritten atomically from
+the folders after every batch, so a run killed at any point resumes by skipping the finished
+folders and agrees with them.
 """
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +15,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from classifier.images import (UnreadableImageError, atomic_write_bytes, load_image,
-                               list_image_files, save_image, tensor_to_uint8)
+from classifier.images import UnreadableImageError, load_image, save_image, tensor_to_uint8
+from dvce import runfolder as rf
 from dvce.samplers import CFBatch, Problem, get_sampler
+from fileio import atomic_write_bytes, list_image_files
 
-STATUSES = ("ok", "not_flipped", "failed", "unreadable")
+STATUSES = rf.STATUSES
 
 
 @dataclass
@@ -52,20 +45,6 @@ def lmdb_items(lmdb_path, attr_path, indices: Iterable[int] | None, size: int) -
             for r in rows]
 
 
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o))
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
-
-
 def _gif(frames: list[np.ndarray], path: Path, ms: int = 400) -> None:
     from PIL import Image
     import io
@@ -85,74 +64,47 @@ def switch_frame(logits: list[float], target: int) -> int | None:
 
 def write_result_folder(out: Path, image_id: str, x: torch.Tensor, res: CFBatch, i: int,
                         target: int, settings: dict, seconds: float, source: dict) -> dict:
-    """Write one image's folder via a temporary name; returns its result dict."""
-    final = out / image_id
-    tmp = out / f".{image_id}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "sequence").mkdir(parents=True)
+    """Write one image's folder atomically (see :func:`dvce.runfolder.writing_item`); returns its
+    result dict."""
     cf, rec = res.counterfactual[i].cpu(), res.reconstruction[i].cpu()
-    save_image(x, tmp / "original.png")
-    save_image(rec, tmp / "reconstruction.png")
-    save_image(cf, tmp / "counterfactual.png")
-    diff = (cf - x.cpu()).abs().mean(0)
-    d = (diff / max(float(diff.max()), 1e-8)).numpy()
-    save_image((np.stack([d] * 3, -1) * 255).astype(np.uint8), tmp / "diff.png")
-    np.save(tmp / "diff.npy", diff.numpy().astype(np.float32))
-    frames = [tensor_to_uint8(f) for f in res.frames[i]]
-    for k, f in enumerate(frames):
-        save_image(f, tmp / "sequence" / f"{k:03d}.png")
-    _gif(frames, tmp / "sequence.gif")
-    if "mask" in res.info:
-        np.save(tmp / "mask.npy", res.info["mask"][i, 0].numpy().astype(np.float32))
     logits = res.frame_logits[i]
     sig = lambda v: float(1 / (1 + np.exp(-v)))  # noqa: E731
     flipped = bool(res.flipped[i])
-    result = {
-        "image": image_id, "source": source, "status": "ok" if flipped else "not_flipped",
-        "target": int(target), "flipped": flipped, "iterations": int(res.iterations[i]),
-        # the counterfactual is the last frame: its logit is the one "after"
-        "logit_before": logits[0], "logit_after": float(logits[-1]),
-        "prob_before": sig(logits[0]), "prob_after": sig(logits[-1]),
-        "logit_reconstruction": logits[1] if len(logits) > 1 else None,
-        "l1": float((cf - x.cpu()).abs().mean()), "l2": float((cf - x.cpu()).pow(2).mean().sqrt()),
-        "switch_frame": switch_frame(logits, target),
-        "frames": [{"index": k, "logit": v, "prob": sig(v)} for k, v in enumerate(logits)],
-        "seconds": seconds, **settings,
-    }
-    write_json(tmp / "result.json", result)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with rf.writing_item(out, image_id) as tmp:
+        save_image(x, tmp / rf.ORIGINAL)
+        save_image(rec, tmp / rf.RECONSTRUCTION)
+        save_image(cf, tmp / rf.COUNTERFACTUAL)
+        diff = (cf - x.cpu()).abs().mean(0)
+        d = (diff / max(float(diff.max()), 1e-8)).numpy()
+        save_image((np.stack([d] * 3, -1) * 255).astype(np.uint8), tmp / rf.DIFF)
+        np.save(tmp / rf.DIFF_NPY, diff.numpy().astype(np.float32))
+        frames = [tensor_to_uint8(f) for f in res.frames[i]]
+        for k, f in enumerate(frames):
+            save_image(f, tmp / rf.frame_name(k))
+        _gif(frames, tmp / rf.GIF)
+        if "mask" in res.info:
+            np.save(tmp / rf.MASK_NPY, res.info["mask"][i, 0].numpy().astype(np.float32))
+        result = {
+            "image": image_id, "source": source, "status": "ok" if flipped else "not_flipped",
+            "target": int(target), "flipped": flipped, "iterations": int(res.iterations[i]),
+            # the counterfactual is the last frame: its logit is the one "after"
+            "logit_before": logits[0], "logit_after": float(logits[-1]),
+            "prob_before": sig(logits[0]), "prob_after": sig(logits[-1]),
+            "logit_reconstruction": logits[1] if len(logits) > 1 else None,
+            "l1": float((cf - x.cpu()).abs().mean()),
+            "l2": float((cf - x.cpu()).pow(2).mean().sqrt()),
+            "switch_frame": switch_frame(logits, target),
+            "frames": [{"index": k, "logit": v, "prob": sig(v), "path": rf.frame_name(k)}
+                       for k, v in enumerate(logits)],
+            "seconds": seconds, **settings,
+        }
+        rf.write_result(tmp, result)
     return result
-
-
-def _scan(out: Path) -> dict[str, dict]:
-    """Finished image folders (those with a result.json) -> their results."""
-    done = {}
-    for d in out.iterdir() if out.exists() else []:
-        if d.is_dir() and not d.name.startswith(".") and (d / "result.json").exists():
-            try:
-                done[d.name] = json.loads((d / "result.json").read_text())
-            except json.JSONDecodeError:
-                shutil.rmtree(d)  # cannot happen with atomic writes; treat as not done
-    return done
-
-
-def _read_manifest(out: Path) -> dict[str, dict]:
-    p = out / "manifest.jsonl"
-    entries = {}
-    if p.exists():
-        for line in p.read_text().splitlines():
-            try:
-                e = json.loads(line)
-                entries[e["image"]] = e
-            except (json.JSONDecodeError, KeyError):
-                continue
-    return entries
 
 
 def rewrite_manifest(out: Path, order: list[str], extra: dict[str, dict]) -> dict[str, dict]:
     """Manifest = finished folders + failures/unreadables recorded this or an earlier run."""
-    done = _scan(out)
+    done = rf.finished(out)
     entries = {}
     for image_id in order:
         if image_id in done:
@@ -162,14 +114,13 @@ def rewrite_manifest(out: Path, order: list[str], extra: dict[str, dict]) -> dic
                                  "decision did not flip within the iteration budget"}
         elif image_id in extra:
             entries[image_id] = extra[image_id]
-    lines = "".join(json.dumps(e) + "\n" for e in entries.values())
-    atomic_write_bytes(out / "manifest.jsonl", lines.encode())
+    rf.write_manifest(out, entries.values())
     return entries
 
 
 def summarize(out: Path, method: str, settings: dict) -> dict:
-    done = _scan(out)
-    manifest = _read_manifest(out)
+    done = rf.finished(out)
+    manifest = rf.read_manifest(out)
     vals = list(done.values())
     n_ok = sum(r["flipped"] for r in vals)
     summary = {
@@ -183,7 +134,7 @@ def summarize(out: Path, method: str, settings: dict) -> dict:
         "seconds_per_image": float(np.mean([r["seconds"] for r in vals])) if vals else None,
         "method": method, "settings": settings,
     }
-    write_json(out / "summary.json", summary)
+    rf.write_summary(out, summary)
     return summary
 
 
@@ -199,16 +150,16 @@ def run(items: list[Item], problem: Problem, out, method: str = "guided", target
     from tqdm import tqdm
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
+    rf.clean_partials(out)
     sampler = get_sampler(method)
     options = dict(options or {})
     settings = {"method": method, "options": options, **(settings or {})}
     order = [it.image_id for it in items]
     if len(set(order)) != len(order):
         raise ValueError("image ids must be unique (two files share a name stem?)")
-    done = _scan(out)
-    extra = {k: v for k, v in _read_manifest(out).items() if v["status"] in ("failed", "unreadable")}
+    done = rf.finished(out)
+    extra = {k: v for k, v in rf.read_manifest(out).items()
+             if v["status"] in ("failed", "unreadable")}
     todo = [it for it in items if it.image_id not in done and it.image_id not in extra]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"lDVCE ({method})",
                unit="img", disable=not progress)

@@ -76,7 +76,8 @@ def cmd_toy_sample(a):
 
 # --------------------------------------------------------------------------------------- data
 def cmd_data_build_lmdb(a):
-    from classifier.images import encode_png, list_image_files, load_pil, UnreadableImageError
+    from classifier.images import encode_png, load_pil, UnreadableImageError
+    from fileio import list_image_files
     from classifier.lmdb_store import write_lmdb
     import numpy as np
     files = list_image_files(a.images_dir)

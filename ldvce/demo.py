@@ -8,13 +8,15 @@ evaluated with the study code → overview.png, report.html, summary.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dvce import runfolder
+from fileio import write_json
 
 ATTRIBUTE = "Smiling"
 
@@ -37,13 +39,12 @@ def oracle_switch_frames(run_dir: Path, oracle, attribute_idx: int) -> dict[str,
     answer to the selection task), None when no frame is."""
     from classifier.images import load_image
     out = {}
-    for d in sorted(p for p in run_dir.iterdir() if (p / "result.json").exists()):
-        frames = sorted((d / "sequence").glob("*.png"))
-        x = torch.stack([load_image(f, None) for f in frames])
+    for item in runfolder.list_items(run_dir):
+        x = torch.stack([load_image(f, None) for f in item.frame_paths()])
         with torch.no_grad():
             logit = oracle(x)[:, attribute_idx]
         hits = (logit > 0).nonzero().flatten()
-        out[d.name] = int(hits[0]) if len(hits) else None
+        out[item.image_id] = int(hits[0]) if len(hits) else None
     return out
 
 
@@ -117,7 +118,7 @@ def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None) 
         "seconds_per_image": gen_summary["seconds_per_image"],
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    runner.write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     write_report(out, summary, metrics, study_summary, crp_summary)
     _step(f"done in {summary['seconds']:.0f} s")
     for name in ("overview.png", "report.html", "summary.json"):
@@ -134,13 +135,11 @@ def _relevance_mass(run_dir: Path, masks, composite: str) -> float:
     """
     from study.metrics import relevance_mass_accuracy
     vals = []
-    for d in sorted(run_dir.iterdir()):
-        if not (d / "result.json").exists():
-            continue
-        r = json.loads((d / "result.json").read_text())
-        region = masks[ATTRIBUTE][r["source"]["index"]]
+    for item in runfolder.list_items(run_dir):
+        r = item.result
+        region = masks[ATTRIBUTE][item.source_index]
         for when, logit in (("pre", r["logit_before"]), ("post", r["logit_after"])):
-            f = d / f"heatmap_{composite}_{when}.npy"
+            f = item.folder / f"heatmap_{composite}_{when}.npy"
             if f.exists():
                 vals.append(relevance_mass_accuracy(np.sign(logit) * np.load(f), region))
     return float(np.mean(vals)) if vals else float("nan")
@@ -158,9 +157,9 @@ def _crp_local(run_dir: Path, clf, out: Path) -> dict:
 def _simulated_study(run_dir: Path, masks, oracle, k: int, out: Path):
     from study import evaluate_study, write_export
     from study.synthetic import simulate_study
-    results = {d.name: json.loads((d / "result.json").read_text())
-               for d in run_dir.iterdir() if (d / "result.json").exists()}
-    region = {img: masks[ATTRIBUTE][r["source"]["index"]] for img, r in results.items()}
+    items = runfolder.list_items(run_dir)
+    results = {it.image_id: it.result for it in items}
+    region = {it.image_id: masks[ATTRIBUTE][it.source_index] for it in items}
     switch = oracle_switch_frames(run_dir, oracle, k)
     pids, selections, polygons = simulate_study(region, switch, n_participants=8, seed=0)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,8 +167,8 @@ def _simulated_study(run_dir: Path, masks, oracle, k: int, out: Path):
     write_export(export, selections, polygons, pids)
     images = out / "images"
     images.mkdir(exist_ok=True)
-    for img in results:  # the study shows the originals
-        shutil.copy(run_dir / img / "original.png", images / f"{img}_1.0_misclassified.png")
+    for it in items:  # the study shows the originals
+        shutil.copy(it.original, images / f"{it.image_id}_1.0_misclassified.png")
     summary = evaluate_study(export, images, out, heatmaps_dir=run_dir, runs_dir=run_dir,
                              display_size=512, analysis_size=64, n_bootstrap=100, seed=0)
     return summary, _study_agreement(summary, results)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dvce import runfolder
 from ldvce.devices import resolve_device as _device
 
 PANEL_ROWS = 12
@@ -35,30 +36,6 @@ def model_image_size(model) -> int:
     if hp.get("input_dim"):
         return int(list(hp["input_dim"])[-1])
     return int(hp.get("image_size") or 256)
-
-
-def run_items(run_dir: Path) -> list[Path]:
-    """Counterfactual folders of a generation run (those with an ``original.png``), in manifest
-    order when there is one, else sorted by name."""
-    run_dir = Path(run_dir)
-    folders = {d.name: d for d in run_dir.iterdir()
-               if d.is_dir() and not d.name.startswith(".") and (d / "original.png").exists()}
-    order = []
-    manifest = run_dir / "manifest.jsonl"
-    if manifest.exists():
-        for line in manifest.read_text().splitlines():
-            try:
-                name = json.loads(line).get("image")
-            except json.JSONDecodeError:
-                continue
-            if name in folders and name not in order:
-                order.append(name)
-    order += sorted(n for n in folders if n not in order)
-    return [folders[n] for n in order]
-
-
-def is_run(folder: Path) -> bool:
-    return Path(folder).is_dir() and bool(run_items(folder))
 
 
 def _load_hrh(hrh_dir, image_id: str):
@@ -113,17 +90,16 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
     run_dir = Path(run_dir)
     size = size or model_image_size(model)
     t0 = time.time()
-    if is_run(run_dir):
+    if runfolder.is_run(run_dir):
         kind = "run"
-        folders = run_items(run_dir)
-        ids = [f.name for f in folders]
-        originals = [load_image(f / "original.png", size) for f in folders]
-        cfs = [load_image(f / "counterfactual.png", size) if (f / "counterfactual.png").exists()
-               else None for f in folders]
+        items = runfolder.list_items(run_dir)
+        ids = [it.image_id for it in items]
+        originals = [load_image(it.original, size) for it in items]
+        cfs = [load_image(it.counterfactual, size) if it.counterfactual.exists() else None
+               for it in items]
         out_dir = Path(out_dir) if out_dir else run_dir
         targets = [out_dir / i for i in ids]
-        results = [json.loads((f / "result.json").read_text()) if (f / "result.json").exists()
-                   else {} for f in folders]
+        results = [it.result for it in items]
     else:
         kind = "folder"
         loaded = load_folder(run_dir, size)
@@ -258,18 +234,18 @@ def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4
     size = size or model_image_size(model)
     layers = C.resolve_layers(model, layers)
     per_image, counts = {}, {}
-    if is_run(run_dir):
-        folders = [f for f in run_items(run_dir) if (f / "counterfactual.png").exists()]
-        folders = folders[:max_items] if max_items else folders
-        for f in tqdm(folders, desc="CRP pairs", disable=not progress, dynamic_ncols=True):
-            x0, x1 = load_image(f / "original.png", size), load_image(f / "counterfactual.png", size)
+    if runfolder.is_run(run_dir):
+        items = [it for it in runfolder.list_items(run_dir) if it.counterfactual.exists()]
+        items = items[:max_items] if max_items else items
+        for it in tqdm(items, desc="CRP pairs", disable=not progress, dynamic_ncols=True):
+            x0, x1 = load_image(it.original, size), load_image(it.counterfactual, size)
             res = C.pair_analysis(model, x0, x1, attribute, layers, top, composite)
-            C.pair_figure(res, x0, x1, out_dir / f"{f.name}_crp.png",
-                          title=f"{f.name}: concepts whose relevance for "
+            C.pair_figure(res, x0, x1, out_dir / f"{it.image_id}_crp.png",
+                          title=f"{it.image_id}: concepts whose relevance for "
                                 f"{res['attribute']} changed most")
             js = C.json_ready(res)
-            (out_dir / f"{f.name}_crp.json").write_text(json.dumps(js, indent=1))
-            per_image[f.name] = {"logit_before": js["logit_before"], "logit_after": js["logit_after"],
+            (out_dir / f"{it.image_id}_crp.json").write_text(json.dumps(js, indent=1))
+            per_image[it.image_id] = {"logit_before": js["logit_before"], "logit_after": js["logit_after"],
                                  "changed": [e["concept"] for e in js["changed_overall"]]}
             for e in js["changed_overall"]:
                 counts[e["concept"]] = counts.get(e["concept"], 0) + 1

@@ -1,7 +1,6 @@
 """One-call helpers for the notebooks in ``notebooks/`` (narrative and plots stay there)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -50,13 +49,23 @@ def _img(path):
     return np.asarray(Image.open(path).convert("RGB"))
 
 
+def _item(run_dir, image_id=None):
+    """The run's item ``image_id`` (default: its first); raises naming the run when absent."""
+    from dvce import runfolder
+    items = runfolder.list_items(run_dir)
+    if image_id is None and items:
+        return items[0]
+    hit = next((it for it in items if it.image_id == str(image_id)), None)
+    if hit is None:
+        raise FileNotFoundError(f"{run_dir}: no finished counterfactual {image_id or ''}".rstrip())
+    return hit
+
+
 def show_sequence(run_dir, image_id=None, max_frames: int = 12):
     """The frame sequence a selection study shows, with p(attribute) under each frame."""
-    run_dir = Path(run_dir)
-    image_id = image_id or sorted(p.name for p in run_dir.iterdir() if (p / "result.json").exists())[0]
-    d = run_dir / str(image_id)
-    r = json.loads((d / "result.json").read_text())
-    frames = sorted((d / "sequence").glob("*.png"))[:max_frames]
+    item = _item(run_dir, image_id)
+    image_id, r = item.image_id, item.result
+    frames = item.frame_paths()[:max_frames]
     fig, axes = plt.subplots(1, len(frames), figsize=(1.6 * len(frames), 2.0), squeeze=False)
     for ax, f, fr in zip(axes[0], frames, r["frames"]):
         ax.imshow(_img(f))
@@ -68,13 +77,12 @@ def show_sequence(run_dir, image_id=None, max_frames: int = 12):
 
 
 def show_difference(run_dir, image_id=None):
-    run_dir = Path(run_dir)
-    image_id = image_id or sorted(p.name for p in run_dir.iterdir() if (p / "result.json").exists())[0]
-    d = run_dir / str(image_id)
+    """Original, counterfactual and |difference| of one item side by side."""
+    item = _item(run_dir, image_id)
     fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.6))
-    for ax, (title, img) in zip(axes, [("original", _img(d / "original.png")),
-                                        ("counterfactual", _img(d / "counterfactual.png")),
-                                        ("|difference|", np.load(d / "diff.npy"))]):
+    for ax, (title, img) in zip(axes, [("original", _img(item.original)),
+                                        ("counterfactual", _img(item.counterfactual)),
+                                        ("|difference|", np.load(item.folder / "diff.npy"))]):
         ax.imshow(img, cmap="magma" if img.ndim == 2 else None)
         ax.set_title(title, fontsize=9)
         ax.axis("off")

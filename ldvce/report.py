@@ -6,7 +6,8 @@ import html
 import json
 from pathlib import Path
 
-from classifier.images import atomic_write_bytes
+from dvce import runfolder
+from fileio import atomic_write_bytes
 
 
 def _img(path: Path, width: int | None = None) -> str:
@@ -31,16 +32,17 @@ def write_report(out: Path, summary: dict, metrics: dict, study: dict, crp: dict
     run = out / "counterfactuals"
     per_image = metrics.get("per_image", {})
     cards = []
-    for img in sorted(per_image):
-        d = run / img
-        r = json.loads((d / "result.json").read_text())
-        gif = d / "sequence.gif"
+    for item in runfolder.list_items(run):
+        if item.image_id not in per_image:
+            continue
+        img, d, r = item.image_id, item.folder, item.result
+        gif = d / runfolder.GIF
         gif_tag = (f'<img src="data:image/gif;base64,{base64.b64encode(gif.read_bytes()).decode()}" '
                    f'width="128" alt="sequence">' if gif.exists() else "")
         cards.append(
             f"<div class=card><h4>image {html.escape(img)}</h4>"
-            f"{_img(d / 'original.png', 128)}{_img(d / 'counterfactual.png', 128)}"
-            f"{_img(d / 'diff.png', 128)}{gif_tag}"
+            f"{_img(item.original, 128)}{_img(item.counterfactual, 128)}"
+            f"{_img(item.diff, 128)}{gif_tag}"
             f"<p>p(smiling) {r['prob_before']:.2f} → {r['prob_after']:.2f}, "
             f"flipped: {r['flipped']}, L1 {r['l1']:.3f}, switch frame {r['switch_frame']}</p></div>")
     study_figs = "".join(_img(p, 360) for p in sorted((out / "study").glob("**/*.png"))[:12])

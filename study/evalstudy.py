@@ -69,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="size the images were shown at; polygon coordinates are in this frame (default 512)")
     parser.add_argument("--analysis-size", type=int, default=256, metavar="PX",
                         help="size of the HRHs; polygons are scaled display→analysis (default 256)")
+    parser.add_argument("--raster", choices=("seed", "centre"), default="seed",
+                        help="how polygons become HRH pixels: seed = the original evaluation's rule "
+                             "(vertices scaled and truncated to integers, filled like OpenCV's fillPoly, "
+                             "outline included); centre = pixels whose centre lies inside the exact "
+                             "polygon (4-7 %% fewer pixels) (default seed)")
     parser.add_argument("--outlier-rule", choices=sorted(OUTLIER_RULES), default="mean-zero",
                         help="which participants count as outliers: mean-zero = mean choice exactly 0 "
                              "(the seed's rule), all-original = always chose frame 0, none (default mean-zero)")
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             outlier_rule=args.outlier_rule, n_bootstrap=args.bootstrap, seed=args.seed,
             heatmap_layout=args.heatmap_layout or HEATMAP_LAYOUT, run_layout=args.run_layout or RUN_LAYOUT,
             exclude_outliers_from_hrh=args.exclude_outliers_from_hrh, figures=not args.no_figures,
+            raster=args.raster,
         )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)

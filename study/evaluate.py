@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -42,6 +41,9 @@ from . import hrh as hrh_mod
 from . import metrics as M
 from . import selection as S
 from .export import ANALYSIS_SIZE, DISPLAY_SIZE, StudyExport, read_export
+
+from dvce import runfolder
+from fileio import write_json
 
 HEATMAP_LAYOUT = "{image_id}/heatmap_*_pre.npy"
 RUN_LAYOUT = "{image_id}"
@@ -67,23 +69,10 @@ def find_study_image(images_dir, image_id: str) -> Path | None:
     return None
 
 
-def _tokens(name: str) -> list[str]:
-    return [t for t in re.split(r"[^0-9A-Za-z]+", name) if t]
-
-
 def find_image_dir(root, image_id: str, layout: str = RUN_LAYOUT) -> Path | None:
-    """``root/layout.format(image_id=...)`` if it is a folder, else a sub-folder naming the id."""
-    if root is None:
-        return None
-    root = Path(root)
-    d = root / layout.format(image_id=image_id)
-    if d.is_dir():
-        return d
-    if root.is_dir():
-        hits = sorted(p for p in root.iterdir() if p.is_dir() and image_id in _tokens(p.name))
-        if hits:
-            return hits[0]
-    return None
+    """``root/layout.format(image_id=...)`` if it is a folder, else a sub-folder naming the id
+    (:func:`dvce.runfolder.find_folder`)."""
+    return runfolder.find_folder(root, image_id, layout)
 
 
 def find_heatmaps(heatmaps_dir, image_id: str, layout: str = HEATMAP_LAYOUT) -> dict[str, Path]:
@@ -107,7 +96,7 @@ def find_heatmaps(heatmaps_dir, image_id: str, layout: str = HEATMAP_LAYOUT) -> 
 def counterfactual_difference(run_dir, size: int) -> np.ndarray | None:
     """|counterfactual − original| summed over RGB (values in [0, 3]) at ``size``, or None."""
     run_dir = Path(run_dir)
-    a, b = run_dir / "original.png", run_dir / "counterfactual.png"
+    a, b = run_dir / runfolder.ORIGINAL, run_dir / runfolder.COUNTERFACTUAL
     if not (a.is_file() and b.is_file()):
         return None
     x = hrh_mod.load_image(a)
@@ -126,22 +115,6 @@ def _mean_of(values: Sequence[float]) -> float | None:
     return float(v.mean()) if v.size else None
 
 
-def _clean(o):
-    """JSON-safe copy: numpy scalars to Python, nan/inf to None."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (float, np.floating)):
-        f = float(o)
-        return f if math.isfinite(f) else None
-    if isinstance(o, Path):
-        return str(o)
-    return o
-
-
 def evaluate_study(
     export,
     images_dir=None,
@@ -157,6 +130,7 @@ def evaluate_study(
     run_layout: str = RUN_LAYOUT,
     exclude_outliers_from_hrh: bool = False,
     figures: bool = True,
+    raster: str = "seed",
 ) -> dict:
     """Evaluate a user-study export and write figures, HRHs, a JSON summary and a report.
 
@@ -190,6 +164,10 @@ def evaluate_study(
         Build the HRHs (and metrics) without the outliers.
     figures : bool
         Write figures (the slow part); numbers and HRHs are written either way.
+    raster : {"seed", "centre"}
+        How polygons become pixels (:mod:`study.hrh`): ``"seed"`` reproduces the original
+        evaluation (OpenCV ``fillPoly`` on truncated vertices), ``"centre"`` counts pixel centres
+        inside the exact polygon.
 
     Returns
     -------
@@ -218,6 +196,7 @@ def evaluate_study(
         "export": ex.source,
         "display_size": display_size,
         "analysis_size": analysis_size,
+        "raster": raster,
         "participants": len(ex.participants),
         "participant_ids": ex.participant_ids,
         "images": {"selection": ex.selection_images, "annotation": ex.annotation_images},
@@ -239,9 +218,9 @@ def evaluate_study(
     run_dirs = {img: find_image_dir(runs_dir, img, run_layout) for img in ex.images}
     for img in ex.selection_images:
         table = ex.selections.get(img, {})
-        result = S.read_run_result(run_dirs[img]) if run_dirs.get(img) else None
+        result = runfolder.read_result(run_dirs[img]) if run_dirs.get(img) else None
         switch = S.switch_frame_from_result(result)
-        thumbs = S.find_frame_images(run_dirs[img], result) if run_dirs.get(img) else []
+        thumbs = runfolder.frame_paths(run_dirs[img], result or {}) if run_dirs.get(img) else []
         # The histogram must reach the run's last frame and its switch frame even if nobody chose them.
         max_frame = max([len(thumbs) - 1] + ([switch] if switch is not None else []))
         max_frame = max_frame if max_frame >= 0 else None
@@ -276,7 +255,7 @@ def evaluate_study(
     per_image: dict[str, dict] = {}  # img -> ids, masks, hrh
     ceiling_scores: dict[str, list[dict]] = {}  # participant -> list of metric dicts
     for img in ex.annotation_images:
-        ids, masks = hrh_mod.participant_masks(ex, img, hrh_people)
+        ids, masks = hrh_mod.participant_masks(ex, img, hrh_people, raster)
         hrh = hrh_mod.hrh_from_masks(masks) if len(ids) else np.zeros((analysis_size,) * 2, np.int32)
         path = hrh_mod.save_hrh(out / "hrh" / f"{img}.npy", hrh)
         per_image[img] = {"ids": ids, "masks": masks, "hrh": hrh}
@@ -345,8 +324,8 @@ def evaluate_study(
                     p = _plot_compare(image, per_image[img]["hrh"], ms, fig_dir / "compare" / f"{img}_compare.png")
                     summary["hrh"][img]["compare_figure"] = str(p.relative_to(out))
 
-    summary = _clean(summary)
-    (out / "study_summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "study_summary.json", summary, indent=1)
+    summary = json.loads((out / "study_summary.json").read_text())  # the JSON-safe form
     md, page = render_report(summary)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(page)
@@ -433,15 +412,13 @@ def _evaluate_methods(maps, per_image, all_ids, n_bootstrap, seed) -> dict:
 
 
 def _plot_means(means, outliers, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = [p for p, v in means.items() if v is not None]
     vals = [means[p] for p in ids]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.add_subplot()
     colors = ["tab:red" if p in outliers else "tab:blue" for p in ids]
     ax.bar(range(len(ids)), vals, color=colors)
     ax.axhline(0, color="k", lw=0.8)
@@ -450,19 +427,16 @@ def _plot_means(means, outliers, path):
     ax.set_title("mean selection per participant")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
 def _plot_compare(image, hrh, maps, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 2 + len(maps)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9))
+    fig = Figure(figsize=(2.6 * n, 2.9))
+    axes = fig.subplots(1, n)
     axes[0].imshow(image if image is not None else np.ones(hrh.shape + (3,)))
     axes[0].set_title("image")
     axes[1].imshow(hrh, cmap="gist_heat_r")
@@ -475,7 +449,6 @@ def _plot_compare(image, hrh, maps, path):
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
 
 
@@ -505,8 +478,11 @@ def render_report(summary: dict) -> tuple[str, str]:
     add(("p", f"Export: `{summary.get('export')}` — {summary['participants']} participants, "
               f"{len(summary['images']['selection'])} selection images, "
               f"{len(summary['images']['annotation'])} annotation images. Polygons drawn at "
-              f"{summary['display_size']} px, HRHs at {summary['analysis_size']} px. "
-              f"Outlier rule `{summary['outlier_rule']}`: {len(summary['outliers'])} outlier(s)"
+              f"{summary['display_size']} px, HRHs at {summary['analysis_size']} px, rasterised "
+              f"with the `{summary.get('raster', 'seed')}` rule"
+              + (" (the original evaluation's: OpenCV fillPoly on truncated vertices). "
+                 if summary.get("raster", "seed") == "seed" else " (pixel centres inside the exact polygon). ")
+              + f"Outlier rule `{summary['outlier_rule']}`: {len(summary['outliers'])} outlier(s)"
               + (f" ({', '.join(summary['outliers'])})" if summary["outliers"] else "") + "."))
     if summary.get("figures", {}).get("participant_means"):
         add(("img", summary["figures"]["participant_means"], "mean choice per participant"))

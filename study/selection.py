@@ -8,8 +8,6 @@ with the frame at which the *classifier* switched, and draws the seed-style hist
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -18,6 +16,8 @@ import numpy as np
 from .export import StudyExport
 
 NONE_CHOICE = -1
+#: The original selection figures are 1720×1014 pixels (at 100 dpi).
+SELECTION_FIGSIZE = (17.2, 10.14)
 
 
 # ------------------------------------------------------------------------------- counts
@@ -93,19 +93,6 @@ def find_outliers(export: StudyExport, rule: str | Callable[[Sequence[int]], boo
 # ------------------------------------------------------------------------------- runs
 
 
-def _natural_key(p: Path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
-
-
-def read_run_result(run_dir) -> dict | None:
-    """``run_dir/result.json`` as a dict, or None when absent/unreadable."""
-    path = Path(run_dir) / "result.json" if Path(run_dir).is_dir() else Path(run_dir)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def switch_frame_from_result(result: Mapping | None) -> int | None:
     """The frame index at which the classifier's decision flipped, from a run's ``result.json``.
 
@@ -157,31 +144,6 @@ def switch_frame_from_result(result: Mapping | None) -> int | None:
     return None
 
 
-def find_frame_images(run_dir, result: Mapping | None = None) -> list[Path]:
-    """Frame images of a run, in sequence order (for the histogram thumbnails).
-
-    Tries ``result["frames"][i]["path"|"image"|"file"]`` (relative to the run folder), then a
-    ``frames/`` sub-folder, then files ``frame*.png``; sorted naturally (frame_2 < frame_10).
-    """
-    run_dir = Path(run_dir)
-    frames = (result or {}).get("frames")
-    if isinstance(frames, list) and frames and all(isinstance(f, Mapping) for f in frames):
-        paths = []
-        for f in frames:
-            rel = f.get("path") or f.get("image") or f.get("file")
-            if not rel or not (run_dir / rel).is_file():
-                paths = []
-                break
-            paths.append(run_dir / rel)
-        if paths:
-            return paths
-    for pattern in ("frames/*.png", "frames/*.jpg", "frame*.png"):
-        found = sorted(run_dir.glob(pattern), key=_natural_key)
-        if found:
-            return found
-    return []
-
-
 def switch_agreement(choices: Sequence[int], switch_frame: int | None) -> dict:
     """How participants' choices relate to the classifier's switch frame.
 
@@ -215,17 +177,17 @@ def plot_selection_histogram(counts: Mapping[int, int], path, switch_frame: int 
     each bar; with ``thumbnails`` (one image per frame 0..) each frame is drawn above its bar,
     and the classifier's ``switch_frame`` is outlined in cyan.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     xs = sorted(counts)
     ys = [counts[x] for x in xs]
-    colors = plt.get_cmap("gist_heat")(np.linspace(0, 0.85, len(xs)))
-    fig, ax = plt.subplots(figsize=(11.5, 6.8))
+    colors = colormaps["gist_heat"](np.linspace(0, 0.85, len(xs)))
+    fig = Figure(figsize=SELECTION_FIGSIZE)
+    ax = fig.add_subplot()
     ax.set_facecolor("#f0f0f0")
     ax.grid(True, linestyle="--", alpha=0.6)
     ax.set_axisbelow(True)
@@ -246,7 +208,7 @@ def plot_selection_histogram(counts: Mapping[int, int], path, switch_frame: int 
             ext = (f - 0.45, f + 0.45, y0, y0 + 0.3 * ymax)
             ax.imshow(img, extent=ext, aspect="auto", zorder=3)
             if f == switch_frame:
-                ax.add_patch(plt.Rectangle((ext[0], ext[2]), 0.9, 0.3 * ymax, fill=False,
+                ax.add_patch(Rectangle((ext[0], ext[2]), 0.9, 0.3 * ymax, fill=False,
                                            edgecolor="cyan", linewidth=3, zorder=4))
         ymax = max([ymax * 1.2] + [counts[f] + 0.4 * ymax for f in range(len(thumbnails)) if f in counts])
     else:
@@ -261,5 +223,4 @@ def plot_selection_histogram(counts: Mapping[int, int], path, switch_frame: int 
             ha="right", va="top", fontsize=13, bbox=dict(facecolor="white", alpha=0.7, edgecolor="gray"))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -127,11 +127,13 @@ def test_bootstrap_ci_seeded():
 
 def test_rasterize_square_and_scaling():
     # Centres (j+0.5, i+0.5) inside [2, 6]^2 -> rows/cols 2..5
-    m = rasterize_polygon([(2, 2), (6, 2), (6, 6), (2, 6)], display_size=8, analysis_size=8)
+    m = rasterize_polygon([(2, 2), (6, 2), (6, 6), (2, 6)], display_size=8, analysis_size=8,
+                          raster="centre")
     ref = np.zeros((8, 8), bool)
     ref[2:6, 2:6] = True
     assert (m == ref).all()
-    m2 = rasterize_polygon([(4, 4), (12, 4), (12, 12), (4, 12)], display_size=16, analysis_size=8)
+    m2 = rasterize_polygon([(4, 4), (12, 4), (12, 12), (4, 12)], display_size=16, analysis_size=8,
+                           raster="centre")
     assert (m2 == ref).all()
     assert not rasterize_polygon([(0, 0), (5, 5)], 8, 8).any()  # two vertices: no area
 
@@ -161,6 +163,6 @@ def test_rasterize_equals_slow_rule_on_grid_aligned_vertices():
     rng = np.random.default_rng(4)
     for _ in range(10):
         pts = [tuple(map(float, p)) for p in rng.integers(0, 16, (int(rng.integers(3, 8)), 2)) + 0.5 * rng.integers(0, 2, 2)]
-        fast = rasterize_polygon(pts, display_size=16, analysis_size=16)
+        fast = rasterize_polygon(pts, display_size=16, analysis_size=16, raster="centre")
         slow = np.array([[_slow_inside(j + 0.5, i + 0.5, pts) for j in range(16)] for i in range(16)])
         assert (fast == slow).all()

@@ -75,7 +75,7 @@ def test_hrh_against_independent_rasterisations(export, raw):
     centres = np.c_[xx.ravel() + 0.5, yy.ravel() + 0.5]
     mass_near_mouth, total_mass, argmax_at_mouth = 0, 0, 0
     for img in export.annotation_images:
-        h = compute_hrh(export, img)
+        h = compute_hrh(export, img, raster="centre")
         polys = raw_polygons(raw, img)
         assert h.dtype == np.int32 and h.shape == (256, 256)
         assert 0 <= h.min() and h.max() <= 38 and h.max() <= len(polys)
@@ -114,3 +114,57 @@ def test_hrh_against_independent_rasterisations(export, raw):
     # Smiling lives at the mouth: most of the human relevance is in the lower middle of the face.
     assert mass_near_mouth / total_mass > 0.5
     assert argmax_at_mouth >= 15
+
+
+def _cv2_hrh(raw, img):
+    """The original evaluation's rule, run with OpenCV itself: vertices halved and truncated,
+    cv2.fillPoly per polygon, union per participant, summed over participants."""
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (test extra) is not installed")
+    total = np.zeros((256, 256), np.int32)
+    for plist in raw_polygons(raw, img).values():
+        m = np.zeros((256, 256), np.uint8)
+        for pts in plist:
+            if len(pts) >= 3:
+                cv2.fillPoly(m, [np.array([[int(x / 2), int(y / 2)] for x, y in pts], np.int32)], 1)
+        total += m
+    return total
+
+
+def test_evalstudy_default_raster_matches_opencv_fillpoly(raw, tmp_path):
+    """`python study/evalstudy.py` on the real export: HRH sums and areas within 0.5 % of
+    OpenCV's fillPoly by the original rule, selection counts exact."""
+    import json
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "study"
+    subprocess.run([sys.executable, str(repo / "study" / "evalstudy.py"), "--export", str(EXPORT),
+                    "--images", str(SHARED / "seed" / "celebahq" / "test_counterfactual"),
+                    "--out", str(out), "--bootstrap", "20"], check=True, capture_output=True)
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert summary["raster"] == "seed"
+    assert "fillPoly" in (out / "report.md").read_text()
+    images = summary["images"]["annotation"]
+    assert len(images) == 17
+    for img in images:
+        h = np.load(out / "hrh" / f"{img}.npy")
+        ref = _cv2_hrh(raw, img)
+        assert abs(int(h.sum()) - int(ref.sum())) <= 0.005 * ref.sum(), img
+        assert abs(int((h > 0).sum()) - int((ref > 0).sum())) <= 0.005 * (ref > 0).sum(), img
+    cols = [c for c in raw[0] if c.startswith("ImageSelection/")]
+    for c in cols:
+        img = c.split("/")[1]
+        want = collections.Counter(int(r[c]) for r in raw if r[c] != "")
+        got = {int(k): v for k, v in summary["selection"][img]["counts"].items() if v}
+        assert got == dict(want), img
+    from PIL import Image as PILImage
+    sel_fig = out / summary["selection"][images[0] if images[0] in summary["selection"]
+                                         else next(iter(summary["selection"]))]["figure"]
+    assert PILImage.open(sel_fig).size == (1720, 1014)
+    assert PILImage.open(out / summary["hrh"][images[0]]["figure"]).size == (1280, 960)
+
+
+def test_centre_raster_is_lighter_than_seed(export):
+    for img in export.annotation_images[:4]:
+        seed, centre = compute_hrh(export, img), compute_hrh(export, img, raster="centre")
+        assert 0.02 < 1 - centre.sum() / seed.sum() < 0.09, img

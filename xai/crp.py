@@ -196,7 +196,7 @@ def pil_rgb(img):
 def save_png(img, path) -> Path:
     """Save a PIL image or RGB array as an RGB PNG, atomically."""
     from xai.render import rgb_png_bytes
-    from classifier.images import atomic_write_bytes
+    from fileio import atomic_write_bytes
     atomic_write_bytes(path, rgb_png_bytes(np.asarray(pil_rgb(img))))
     return Path(path)
 

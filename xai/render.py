@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from classifier.images import atomic_write_bytes
+from fileio import atomic_write_bytes
 
 
 # --------------------------------------------------------------------------- colour scales

@@ -10,6 +10,8 @@ inverted to 780 but denoised as if at 790).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from dvce.ldm import LDM
@@ -57,6 +59,11 @@ def x0_from_eps(z: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.
     return (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
 
 
+def eps_from_x0(z: torch.Tensor, x0: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """The ε that makes z_t = sqrt(a_t) x̂0 + sqrt(1 - a_t) ε hold for a given (moved) x̂0."""
+    return (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+
+
 def ddim_move(x0: torch.Tensor, eps: torch.Tensor, a_to: torch.Tensor) -> torch.Tensor:
     """z_s = sqrt(a_s) x̂0 + sqrt(1 - a_s) ε (deterministic DDIM, eta = 0)."""
     return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
@@ -81,10 +88,24 @@ def ddim_invert(ldm: LDM, z0: torch.Tensor, ts: list[int], keep: bool = False):
     return (z, traj) if keep else z
 
 
-def ddim_step(ldm: LDM, z: torch.Tensor, ts: list[int], i: int, eps: torch.Tensor | None = None):
+def ddim_step(ldm: LDM, z: torch.Tensor, ts: list[int], i: int, eps: torch.Tensor | None = None,
+              x0_hook: Callable | None = None):
     """One denoising step from ``ts[i]`` to ``ts[i-1]`` (or to the clean latent when i == 0).
 
-    Returns (z_prev, x̂0, ε).
+    Parameters
+    ----------
+    ldm : the latent diffusion model.
+    z : latents at ``ts[i]``.
+    ts : ascending schedule (:func:`schedule`).
+    i : index into ``ts`` of the current timestep.
+    eps : the UNet's ε at (z, ts[i]) when the caller already has it (e.g. computed without grad).
+    x0_hook : ``x0_hook(x0, i, a_t) -> x0 | None``, called with the one-step estimate x̂0 before
+        the step. Guidance lives here: a returned tensor replaces x̂0, and ε is re-derived from it
+        (:func:`eps_from_x0`) so the step stays a DDIM step; ``None`` leaves the step unguided.
+
+    Returns
+    -------
+    (z_prev, x̂0, ε): the next latents and the x̂0 and ε the step used.
     """
     t = ts[i]
     if eps is None:
@@ -92,6 +113,10 @@ def ddim_step(ldm: LDM, z: torch.Tensor, ts: list[int], i: int, eps: torch.Tenso
     a_t = _alpha(ldm, t, z)
     a_prev = _alpha(ldm, ts[i - 1] if i > 0 else None, z)
     x0 = x0_from_eps(z, eps, a_t)
+    if x0_hook is not None:
+        moved = x0_hook(x0, i, a_t)
+        if moved is not None:
+            x0, eps = moved, eps_from_x0(z, moved, a_t)
     return ddim_move(x0, eps, a_prev), x0, eps
 
 

@@ -17,7 +17,7 @@ import torch
 
 from classifier.images import UnreadableImageError, load_image, save_image, tensor_to_uint8
 from dvce import runfolder as rf
-from dvce.samplers import CFBatch, Problem, get_sampler
+from dvce.samplers import CFBatch, FrameRecorder, Problem, get_sampler
 from fileio import atomic_write_bytes, list_image_files
 
 STATUSES = rf.STATUSES
@@ -63,11 +63,11 @@ def switch_frame(logits: list[float], target: int) -> int | None:
 
 
 def write_result_folder(out: Path, image_id: str, x: torch.Tensor, res: CFBatch, i: int,
-                        target: int, settings: dict, seconds: float, source: dict) -> dict:
+                        target: int, settings: dict, seconds: float, source: dict,
+                        frames: list[torch.Tensor], logits: list[float]) -> dict:
     """Write one image's folder atomically (see :func:`dvce.runfolder.writing_item`); returns its
-    result dict."""
+    result dict. ``frames``/``logits``: sample ``i``'s sequence as the sampler reported it."""
     cf, rec = res.counterfactual[i].cpu(), res.reconstruction[i].cpu()
-    logits = res.frame_logits[i]
     sig = lambda v: float(1 / (1 + np.exp(-v)))  # noqa: E731
     flipped = bool(res.flipped[i])
     with rf.writing_item(out, image_id) as tmp:
@@ -78,7 +78,7 @@ def write_result_folder(out: Path, image_id: str, x: torch.Tensor, res: CFBatch,
         d = (diff / max(float(diff.max()), 1e-8)).numpy()
         save_image((np.stack([d] * 3, -1) * 255).astype(np.uint8), tmp / rf.DIFF)
         np.save(tmp / rf.DIFF_NPY, diff.numpy().astype(np.float32))
-        frames = [tensor_to_uint8(f) for f in res.frames[i]]
+        frames = [tensor_to_uint8(f) for f in frames]
         for k, f in enumerate(frames):
             save_image(f, tmp / rf.frame_name(k))
         _gif(frames, tmp / rf.GIF)
@@ -178,7 +178,8 @@ def run(items: list[Item], problem: Problem, out, method: str = "guided", target
                 logit = problem.logit(x.to(problem.ldm.device))
             tgt = (logit.cpu() <= 0).float() if target == "auto" else torch.full((len(x),), float(target))
             t0 = time.perf_counter()
-            res = sampler(problem, x, tgt, **options)
+            recorder = FrameRecorder(len(x))  # the frame sequences, reported by the sampler
+            res = sampler(problem, x, tgt, callback=recorder, **options)
             secs = (time.perf_counter() - t0) / len(x)
             for i, it in enumerate(ok_items):
                 if res.failed[i]:
@@ -186,7 +187,7 @@ def run(items: list[Item], problem: Problem, out, method: str = "guided", target
                                           "reason": res.failed[i]}
                     continue
                 write_result_folder(out, it.image_id, x[i], res, i, int(tgt[i]), settings, secs,
-                                    it.source)
+                                    it.source, recorder.frames[i], recorder.logits[i])
             bar.update(len(ok_items))
         rewrite_manifest(out, order, extra)
     bar.close()

@@ -1,24 +1,37 @@
 """Counterfactual samplers. One signature for all (k-diffusion style):
 
     sampler(problem: Problem, x: Tensor(B, 3, H, W) in [-1, 1], target: Tensor(B,) of 0/1,
-            **options) -> CFBatch
+            *, callback=None, **options) -> CFBatch
 
-A new method is one new function registered in :data:`SAMPLERS`. Every sampler is batch-first
-with per-sample stopping, deterministic on CPU (no randomness: DDIM with eta = 0), and marks a
-sample whose values turn non-finite as failed without touching the rest of the batch.
+A new method is one new function registered in :data:`SAMPLERS`; its keyword options carry
+their defaults (the ``ldvce generate`` flags, the demo and the benchmarks read them from the
+signature) and a numpy-style docstring entry each (the flags' help). Every sampler is
+batch-first with per-sample stopping, deterministic on CPU (no randomness: DDIM with eta = 0),
+and marks a sample whose values turn non-finite as failed without touching the rest of the batch.
+:class:`SampleState` holds the per-sample bookkeeping, so a sampler is its loop and nothing else.
+
+Frames (the image sequence a selection study shows) are reported through ``callback``:
+``callback({"i": frame index, "samples": batch indices, "img": images, "logit": logits,
+"x0": latents or None})`` with frame 0 the original, 1 the DDIM reconstruction and 2.. the
+steps. :class:`FrameRecorder` collects them per sample.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from dvce.diffusion import (_alpha, ddim_denoise, ddim_invert, ddim_move, ddim_step, decode,
-                            encode, predict_eps, schedule, x0_from_eps)
+from dvce.diffusion import (ddim_denoise, ddim_invert, ddim_step, decode, encode, predict_eps,
+                            schedule)
 from dvce.ldm import LDM
+
+#: The method ``ldvce generate``, the demo and the benchmarks use unless told otherwise.
+DEFAULT_METHOD = "guided"
+
+NON_FINITE = "non-finite values in the counterfactual or its logit"
 
 
 @dataclass
@@ -34,15 +47,35 @@ class Problem:
 
 @dataclass
 class CFBatch:
-    """Sampler output for a batch; per-sample lists where lengths differ."""
+    """Sampler output for a batch (frames go to the sampler's ``callback``)."""
     counterfactual: torch.Tensor                 # (B, 3, H, W)
     reconstruction: torch.Tensor                 # (B, 3, H, W) DDIM round trip, no guidance
-    frames: list[list[torch.Tensor]]             # per sample: original, reconstruction, iterations…
-    frame_logits: list[list[float]]
     flipped: torch.Tensor                        # (B,) bool
     iterations: torch.Tensor                     # (B,) int
     failed: list[str | None]                     # per sample: None or the reason
     info: dict = field(default_factory=dict)     # sampler-specific extras (e.g. masks, scales)
+
+
+class FrameRecorder:
+    """A sampler ``callback`` that keeps each sample's frames (CPU tensors) and logits.
+
+    A frame reported again at index ``i`` replaces it and everything after it: a retry restarts
+    the sequence there.
+    """
+
+    def __init__(self, n: int):
+        self.frames: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        self.logits: list[list[float]] = [[] for _ in range(n)]
+
+    def __call__(self, event: dict) -> None:
+        i = event["i"]
+        img, logit = event["img"].detach().cpu(), event["logit"].detach().cpu()
+        for j, s in enumerate(event["samples"].tolist()):
+            if len(self.frames[s]) < i:
+                raise ValueError(f"sample {s}: frame {i} reported before frame {len(self.frames[s])}")
+            del self.frames[s][i:], self.logits[s][i:]
+            self.frames[s].append(img[j])
+            self.logits[s].append(float(logit[j]))
 
 
 def _toward(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -58,76 +91,150 @@ def _finite(*ts: torch.Tensor) -> torch.Tensor:
     return ok
 
 
-def _initial_failures(x: torch.Tensor, logit0: torch.Tensor) -> list[str | None]:
-    """Samples that are broken before we start (non-finite input or classifier output)."""
-    ok = _finite(x, logit0)
-    return [None if bool(o) else "non-finite values in the input or its classifier logit"
-            for o in ok]
+class SampleState:
+    """Per-sample bookkeeping shared by the samplers: the inputs on the model's device, which
+    samples still run, their outcome (counterfactual, flipped, iterations, failure reason), and
+    the frame reports to the callback.
+
+    Creating it classifies the input and reports frame 0 (the original); samples whose input or
+    logit is non-finite are failed from the start.
+    """
+
+    def __init__(self, problem: Problem, x: torch.Tensor, target: torch.Tensor,
+                 callback: Callable[[dict], None] | None = None):
+        ldm = problem.ldm
+        self.problem, self.callback = problem, callback
+        self.x = x.to(ldm.device, ldm.dtype)
+        self.target = target.to(ldm.device).float()
+        with torch.no_grad():
+            self.logit0 = problem.logit(self.x)
+        b = len(self.x)
+        self.failed: list[str | None] = [
+            None if bool(o) else "non-finite values in the input or its classifier logit"
+            for o in _finite(self.x, self.logit0)]
+        self.running = torch.tensor([f is None for f in self.failed], dtype=torch.bool,
+                                    device=self.x.device)
+        self.counterfactual = torch.zeros_like(self.x)
+        self.reconstruction = torch.zeros_like(self.x)
+        self.flipped = torch.zeros(b, dtype=torch.bool)
+        self.iterations = torch.zeros(b, dtype=torch.long)
+        self.frame(0, torch.arange(b), self.x, self.logit0)
+
+    def todo(self) -> torch.Tensor:
+        """Indices of the samples still running."""
+        return self.running.nonzero().flatten()
+
+    def frame(self, i: int, samples: torch.Tensor, img: torch.Tensor, logit: torch.Tensor,
+              x0: torch.Tensor | None = None) -> None:
+        """Report frame ``i`` of ``samples`` (rows of ``img``/``logit``) to the callback."""
+        if self.callback is not None:
+            self.callback({"i": i, "samples": samples, "img": img.detach(),
+                           "logit": logit.detach(), "x0": None if x0 is None else x0.detach()})
+
+    def settle(self, samples: torch.Tensor, img: torch.Tensor, logit: torch.Tensor,
+               iterations: int, last: bool) -> torch.Tensor:
+        """Record a try of ``samples``: non-finite ones fail, flipped ones (all of them on the
+        ``last`` try) finish with ``img`` as counterfactual, the others keep running. Returns
+        the per-row finiteness mask."""
+        img, logit = img.detach(), logit.detach()
+        ok = _finite(img, logit)
+        done = _toward(logit, self.target[samples])
+        for j, i in enumerate(samples.tolist()):
+            if bool(ok[j]) and not (bool(done[j]) or last):
+                continue
+            self.counterfactual[i], self.iterations[i] = img[j], iterations
+            self.running[i] = False
+            if bool(ok[j]):
+                self.flipped[i] = bool(done[j])
+            else:
+                self.failed[i] = NON_FINITE
+        return ok
+
+    def result(self, **info) -> CFBatch:
+        return CFBatch(self.counterfactual, self.reconstruction, self.flipped, self.iterations,
+                       self.failed, info=info)
 
 
-def _init_frames(x, logit0, rec, logit_rec):
-    return ([[x[i].cpu(), rec[i].cpu()] for i in range(len(x))],
-            [[float(logit0[i]), float(logit_rec[i])] for i in range(len(x))])
+def _classifier_loss(problem: Problem, img: torch.Tensor, x: torch.Tensor, target: torch.Tensor,
+                     l1_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample BCE(logit, target) + l1_weight · mean|img − x|, and the logit."""
+    logit = problem.logit(img)
+    loss = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    return loss + l1_weight * (img - x).abs().flatten(1).mean(1), logit
+
+
+def _invert(state: SampleState, ts: list[int]):
+    """Encode and DDIM-invert to ``ts[-1]``; the unguided round trip is the reconstruction
+    (frame 1) and the starting counterfactual. Returns the start latents and the trajectory."""
+    ldm, problem = state.problem.ldm, state.problem
+    with torch.no_grad():
+        z_T, traj = ddim_invert(ldm, encode(ldm, state.x), ts, keep=True)
+        rec = decode(ldm, ddim_denoise(ldm, z_T, ts))
+        logit_rec = problem.logit(rec)
+    state.reconstruction, state.counterfactual = rec, rec.clone()
+    state.frame(1, torch.arange(len(rec)), rec, logit_rec)
+    return z_T, traj
 
 
 # ------------------------------------------------------------------------------------------------
 def seed_ldvce(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, lr: float = 0.01,
                max_iter: int = 20, l1_weight: float = 10.0, margin: float = 1.0,
                num_steps: int = 100, t_start: int = 780, full_backprop: bool = False,
-               checkpoint: bool = True, progress: Callable | None = None) -> CFBatch:
-    """The seed's lDVCE (DESIGN.md §5.1): Adam on the DDIM-inverted start latent through the whole
-    DDIM chain; loss |logit - (±margin)| + l1_weight · mean|x' - x|; stop at the first flip.
+               checkpoint: bool = True, callback: Callable | None = None) -> CFBatch:
+    """The original lDVCE: Adam on the DDIM-inverted start latent through the whole DDIM chain.
 
-    The UNet runs under ``no_grad`` unless ``full_backprop`` (then with gradient checkpointing).
-    Adam(lr) with cosine annealing (T_max 50) as in the seed; frames: original, reconstruction,
-    then one decoded image per optimisation iteration.
+    Encode, DDIM-invert to ``t_start`` and make that latent a parameter; each iteration runs the
+    whole DDIM chain to t = 0, decodes (straight-through quantiser) and classifies; the loss
+    |logit − (±margin)| + l1_weight · mean|x' − x| moves the start latent with Adam (cosine
+    annealing, T_max 50); a sample stops at its first flip. Frames: original, reconstruction
+    (iteration 0, the untouched start), then one decoded image per iteration.
+
+    Parameters
+    ----------
+    lr : float
+        Adam learning rate on the start latent (0.01 for the CompVis LDM).
+    max_iter : int
+        Optimisation iterations at most; unflipped samples end after this many.
+    l1_weight : float
+        Weight of the pixel L1 distance to the original (images in [-1, 1]).
+    margin : float
+        Logit the loss pulls toward: +margin for target 1, -margin for target 0.
+    num_steps : int
+        DDIM steps over the full 1000-step range (the schedule's grid is 1000 // num_steps).
+    t_start : int
+        Timestep the image is inverted to and denoised from (on the grid).
+    full_backprop : bool
+        Backpropagate through the UNet too (otherwise only through the linear DDIM updates,
+        with the UNet under no_grad, as the original did).
+    checkpoint : bool
+        With full_backprop: gradient checkpointing of the UNet calls (less memory, more time).
+    callback : callable
+        Receives each frame (see the module docstring); not a command-line option.
     """
-    ldm = problem.ldm
-    x = x.to(ldm.device, ldm.dtype)
-    target = target.to(ldm.device).float()
+    state = SampleState(problem, x, target, callback)
+    ldm, x, target = problem.ldm, state.x, state.target
     goal = (2 * target - 1) * margin
     ts = schedule(t_start, num_steps)
     with torch.no_grad():
-        logit0 = problem.logit(x)
         z_start = ddim_invert(ldm, encode(ldm, x), ts)
     z = torch.nn.Parameter(z_start.clone())
     opt = torch.optim.Adam([z], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50)
-    b = len(x)
-    failed = _initial_failures(x, logit0)
-    active = torch.tensor([f is None for f in failed], dtype=torch.bool, device=x.device)
-    cf = torch.zeros_like(x)
-    rec = torch.zeros_like(x)
-    flipped = torch.zeros(b, dtype=torch.bool)
-    iters = torch.zeros(b, dtype=torch.long)
-    frames, frame_logits = [[x[i].cpu()] for i in range(b)], [[float(logit0[i])] for i in range(b)]
     for it in range(max_iter + 1):  # iteration 0 decodes the untouched start: the reconstruction
-        idx = active.nonzero().flatten()
+        idx = state.todo()
         if len(idx) == 0:
             break
         with torch.enable_grad():
-            z_act = z[idx]
-            z0 = ddim_denoise(ldm, z_act, ts, grad=full_backprop, checkpoint=checkpoint)
+            z0 = ddim_denoise(ldm, z[idx], ts, grad=full_backprop, checkpoint=checkpoint)
             img = decode(ldm, z0)
             logit = problem.logit(img)
             l1 = (img - x[idx]).abs().flatten(1).mean(1)
             loss = (logit - goal[idx]).abs() + l1_weight * l1
-        ok = _finite(img, logit)
-        done = _toward(logit.detach(), target[idx])
-        for j, i in enumerate(idx.tolist()):
-            frames[i].append(img[j].detach().cpu())
-            frame_logits[i].append(float(logit[j].detach()))
-            if it == 0:
-                rec[i] = img[j].detach()
-            if not bool(ok[j]):
-                failed[i] = "non-finite values in the counterfactual or its logit"
-                active[i] = False
-            elif bool(done[j]) or it == max_iter:
-                cf[i] = img[j].detach()
-                flipped[i] = bool(done[j])
-                iters[i] = it
-                active[i] = False
-        if it == max_iter or not active.any():
+        state.frame(1 + it, idx, img, logit, x0=z0)
+        if it == 0:
+            state.reconstruction[idx] = img.detach()
+        ok = state.settle(idx, img, logit, it, last=it == max_iter)
+        if it == max_iter or not state.running.any():
             break
         opt.zero_grad(set_to_none=True)
         (loss * ok.float()).nan_to_num(0.0).sum().backward()
@@ -135,10 +242,7 @@ def seed_ldvce(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, lr: f
             z.grad.nan_to_num_(0.0)
         opt.step()
         sched.step()
-        if progress:
-            progress(it)
-    return CFBatch(cf, rec, frames, frame_logits, flipped, iters, failed,
-                   info={"t_start": t_start, "num_steps": num_steps})
+    return state.result(t_start=t_start, num_steps=num_steps)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,136 +250,6 @@ def _blur(m: torch.Tensor, k: int) -> torch.Tensor:
     if k <= 1:
         return m
     return F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
-
-
-def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 0.3,
-           retry_scales: tuple[float, ...] = (0.6, 1.2), l1_weight: float = 1.0,
-           num_steps: int = 20, t_start: int = 500, mask: bool = True,
-           mask_fraction: float = 0.025, mask_dilate: int = 3, mask_from: int = 3,
-           guide_tail: int = 0, progress: Callable | None = None) -> CFBatch:
-    """Latent guided DDIM (FastDiME / MaskDiME / LDCE ideas in latent space, DESIGN.md §5.2).
-
-    Invert to ``t_start`` once, then denoise with classifier guidance on the decoded one-step
-    estimate x̂0 (no nested chain): g = ∇_{x̂0} [BCE(logit(D(x̂0)), target) + l1_weight·|D(x̂0) − x|],
-    normalised per sample to unit RMS (every sample moves alike whatever its gradient norm, as
-    LDCE's same-norm guidance), and x̂0 ← x̂0 − scale·sqrt(1 − a_t)·g; ε is re-derived from the
-    moved x̂0 so the DDIM step stays consistent. With ``mask``, the accumulated |g| (the
-    self-optimised mask: top ``mask_fraction`` of latent positions, dilated) keeps the inverted
-    original trajectory outside the changing region (after ``mask_from`` steps, once the
-    gradient has settled), and the original pixels outside it in the final image. The last
-    ``guide_tail`` steps run unguided, so the denoiser settles the edited region on its learnt
-    manifold instead of keeping adversarial detail. Unflipped samples are retried with the larger
-    ``retry_scales`` (DiME's 8 → 10 → 15 idea).
-    """
-    ldm = problem.ldm
-    x = x.to(ldm.device, ldm.dtype)
-    target = target.to(ldm.device).float()
-    ts = schedule(t_start, num_steps)
-    b = len(x)
-    with torch.no_grad():
-        logit0 = problem.logit(x)
-        z_clean = encode(ldm, x)
-        z_T, traj = ddim_invert(ldm, z_clean, ts, keep=True)
-        rec = decode(ldm, ddim_denoise(ldm, z_T, ts))
-        logit_rec = problem.logit(rec)
-    frames, frame_logits = _init_frames(x, logit0, rec, logit_rec)
-    cf = rec.clone()
-    flipped = torch.zeros(b, dtype=torch.bool)
-    iters = torch.zeros(b, dtype=torch.long)
-    failed = _initial_failures(x, logit0)
-    used_scale = torch.zeros(b)
-    pixel_masks = torch.zeros((b, 1, *x.shape[-2:]))
-    todo = torch.tensor([i for i in range(b) if failed[i] is None], dtype=torch.long,
-                        device=x.device)
-    for attempt, s in enumerate((scale, *retry_scales)):
-        if len(todo) == 0:
-            break
-        out = _guided_pass(problem, x[todo], target[todo], z_T[todo], [t[todo] for t in traj], ts,
-                           s, l1_weight, mask, mask_fraction, mask_dilate, mask_from, guide_tail)
-        img, logit, pm, step_frames, step_logits = out
-        ok = _finite(img, logit)
-        done = _toward(logit, target[todo])
-        keep = []
-        for j, i in enumerate(todo.tolist()):
-            frames[i] = frames[i][:2] + [f[j] for f in step_frames]
-            frame_logits[i] = frame_logits[i][:2] + [float(v[j]) for v in step_logits]
-            cf[i], used_scale[i], iters[i] = img[j], s, (attempt + 1) * len(ts)
-            pixel_masks[i] = pm[j].cpu()
-            if not bool(ok[j]):
-                failed[i] = "non-finite values in the counterfactual or its logit"
-            elif bool(done[j]):
-                flipped[i] = True
-            else:
-                keep.append(j)
-        todo = todo[keep] if keep else todo[:0]
-        if progress:
-            progress(attempt)
-    return CFBatch(cf, rec, frames, frame_logits, flipped, iters, failed,
-                   info={"scale": used_scale.tolist(), "mask": pixel_masks, "t_start": t_start,
-                         "num_steps": num_steps})
-
-
-def _guided_pass(problem, x, target, z_T, traj, ts, scale, l1_weight, use_mask, fraction,
-                 dilate, mask_from, guide_tail=0):
-    ldm = problem.ldm
-    z = z_T.clone()
-    saliency = torch.zeros_like(z[:, :1], dtype=torch.float32)  # float32 also under bf16
-    latent_mask = torch.ones_like(saliency)
-    step_frames, step_logits = [], []
-    for n, i in enumerate(range(len(ts) - 1, -1, -1)):
-        t = ts[i]
-        a_t = _alpha(ldm, t, z)
-        a_prev = _alpha(ldm, ts[i - 1] if i > 0 else None, z)
-        with torch.no_grad():
-            eps = predict_eps(ldm, z, t)
-            x0 = x0_from_eps(z, eps, a_t)
-        if i < guide_tail:  # unguided tail: plain DDIM, the mask still holds the original
-            with torch.no_grad():
-                img = decode(ldm, x0)
-                logit = problem.logit(img)
-                z = ddim_move(x0, eps, a_prev)
-                if use_mask and i > 0:
-                    m = latent_mask.to(z.dtype)
-                    z = m * z + (1 - m) * traj[i - 1]
-            step_frames.append(img.clamp(-1, 1).cpu())
-            step_logits.append(logit.cpu())
-            continue
-        with torch.enable_grad():
-            x0g = x0.detach().requires_grad_(True)
-            img = decode(ldm, x0g)
-            logit = problem.logit(img)
-            loss = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
-            loss = loss + l1_weight * (img - x).abs().flatten(1).mean(1)
-            grad, = torch.autograd.grad(loss.sum(), x0g)
-        grad = grad.nan_to_num(0.0)
-        rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12).view(-1, 1, 1, 1)
-        grad = grad / rms
-        # Step on the one-step estimate, larger while noise is high; ε follows from the moved x̂0.
-        x0 = x0 - scale * (1 - a_t).sqrt() * grad
-        eps = (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        z = ddim_move(x0, eps, a_prev)
-        if use_mask:
-            with torch.no_grad():
-                saliency += grad.abs().mean(1, keepdim=True).float()
-                if n + 1 >= mask_from:
-                    latent_mask = _top_mask(saliency, fraction, dilate)
-                    if i > 0:  # keep the original trajectory outside the changing region
-                        m = latent_mask.to(z.dtype)
-                        z = m * z + (1 - m) * traj[i - 1]
-        step_frames.append(img.detach().clamp(-1, 1).cpu())
-        step_logits.append(logit.detach().cpu())
-    with torch.no_grad():
-        img = decode(ldm, z).clamp(-1, 1)
-        if use_mask:
-            pm = _blur(F.interpolate(latent_mask, size=x.shape[-2:], mode="bilinear",
-                                     align_corners=False), 5).to(img.dtype)
-            img = pm * img + (1 - pm) * x  # original pixels outside the changing region
-        else:
-            pm = torch.ones_like(img[:, :1])
-        logit = problem.logit(img)
-    step_frames.append(img.cpu())
-    step_logits.append(logit.cpu())
-    return img, logit, pm, step_frames, step_logits
 
 
 def _top_mask(saliency: torch.Tensor, fraction: float, dilate: int) -> torch.Tensor:
@@ -287,10 +261,227 @@ def _top_mask(saliency: torch.Tensor, fraction: float, dilate: int) -> torch.Ten
     return m
 
 
-SAMPLERS: dict[str, Callable[..., CFBatch]] = {"seed": seed_ldvce, "guided": guided}
+@dataclass(frozen=True)
+class Guidance:
+    """The options of one guided pass (see :func:`guided`)."""
+    scale: float
+    l1_weight: float
+    mask: bool
+    mask_fraction: float
+    mask_dilate: int
+    mask_from: int
+    guide_tail: int
+
+
+@dataclass
+class PassResult:
+    img: torch.Tensor     # (b, 3, H, W) final images of the pass
+    logit: torch.Tensor   # (b,)
+    mask: torch.Tensor    # (b, 1, H, W) pixel mask of the changing region (ones without a mask)
+
+
+def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 0.3,
+           retry_scales: tuple[float, ...] = (0.6, 1.2), l1_weight: float = 1.0,
+           num_steps: int = 20, t_start: int = 500, mask: bool = True,
+           mask_fraction: float = 0.025, mask_dilate: int = 3, mask_from: int = 3,
+           guide_tail: int = 0, callback: Callable | None = None) -> CFBatch:
+    """Latent guided DDIM: classifier guidance on the one-step estimate x̂0 with a self-optimised mask.
+
+    FastDiME / MaskDiME / LDCE ideas in latent space. Invert to ``t_start`` once, then denoise
+    with guidance on the decoded one-step estimate x̂0 (no nested chain):
+    g = ∇_{x̂0} [BCE(logit(D(x̂0)), target) + l1_weight·|D(x̂0) − x|], normalised per sample to
+    unit RMS (every sample moves alike whatever its gradient norm, as LDCE's same-norm guidance),
+    and x̂0 ← x̂0 − scale·sqrt(1 − a_t)·g; the DDIM step re-derives ε from the moved x̂0. With
+    ``mask``, the accumulated |g| (the self-optimised mask) keeps the inverted original
+    trajectory outside the changing region, and the original pixels outside it in the final
+    image. Unflipped samples are retried with the larger ``retry_scales`` (DiME's 8 → 10 → 15).
+
+    Parameters
+    ----------
+    scale : float
+        Guidance step on x̂0 per unit of sqrt(1 − a_t) (the gradient has unit RMS).
+    retry_scales : tuple of float
+        Larger scales tried in turn for samples that did not flip; empty for a single pass.
+    l1_weight : float
+        Weight of the pixel L1 distance to the original in the guidance loss.
+    num_steps : int
+        DDIM steps over the full 1000-step range (the schedule's grid is 1000 // num_steps).
+    t_start : int
+        Timestep the image is inverted to and denoised from (on the grid).
+    mask : bool
+        Restrict the change to a self-optimised mask: the top ``mask_fraction`` of latent
+        positions by accumulated |gradient|, dilated.
+    mask_fraction : float
+        Share of latent positions in the mask before dilation.
+    mask_dilate : int
+        Dilation of the latent mask (max-pool kernel size; 1 = none).
+    mask_from : int
+        Guided steps before the mask applies (the gradient settles first).
+    guide_tail : int
+        Last steps run unguided, so the denoiser settles the edited region on its learnt
+        manifold instead of keeping adversarial detail (the mask still holds the original).
+    callback : callable
+        Receives each frame (see the module docstring); not a command-line option.
+    """
+    state = SampleState(problem, x, target, callback)
+    ts = schedule(t_start, num_steps)
+    z_T, traj = _invert(state, ts)
+    b = len(state.x)
+    used_scale = torch.zeros(b)
+    pixel_masks = torch.zeros((b, 1, *state.x.shape[-2:]))
+    options = Guidance(scale, l1_weight, mask, mask_fraction, mask_dilate, mask_from, guide_tail)
+    scales = (scale, *retry_scales)
+    for attempt, s in enumerate(scales):
+        todo = state.todo()
+        if len(todo) == 0:
+            break
+        out = _guided_pass(state, todo, z_T[todo], [t[todo] for t in traj], ts,
+                           replace(options, scale=s))
+        used_scale[todo.cpu()] = s
+        pixel_masks[todo.cpu()] = out.mask.cpu().to(pixel_masks.dtype)
+        state.settle(todo, out.img, out.logit, (attempt + 1) * len(ts),
+                     last=attempt == len(scales) - 1)
+    return state.result(scale=used_scale.tolist(), mask=pixel_masks, t_start=t_start,
+                        num_steps=num_steps)
+
+
+def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
+                 traj: list[torch.Tensor], ts: list[int], g: Guidance) -> PassResult:
+    """One denoising pass from ``z`` (latents at ts[-1]) for the samples ``idx``."""
+    problem = state.problem
+    ldm, x, target = problem.ldm, state.x[idx], state.target[idx]
+    z = z.clone()
+    saliency = torch.zeros_like(z[:, :1], dtype=torch.float32)  # float32 also under bf16
+    latent_mask = torch.ones_like(saliency)
+    last_grad = {}
+
+    def guide(x0, i, a_t):
+        n = len(ts) - 1 - i
+        if i < g.guide_tail:  # unguided tail: plain DDIM (the frame is still shown)
+            with torch.no_grad():
+                img = decode(ldm, x0)
+                state.frame(2 + n, idx, img.clamp(-1, 1), problem.logit(img), x0=x0)
+            return None
+        with torch.enable_grad():
+            x0g = x0.detach().requires_grad_(True)
+            img = decode(ldm, x0g)
+            loss, logit = _classifier_loss(problem, img, x, target, g.l1_weight)
+            grad, = torch.autograd.grad(loss.sum(), x0g)
+        state.frame(2 + n, idx, img.clamp(-1, 1), logit, x0=x0)
+        grad = grad.nan_to_num(0.0)
+        rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12).view(-1, 1, 1, 1)
+        last_grad["g"] = grad = grad / rms
+        # Step on the one-step estimate, larger while noise is high.
+        return x0 - g.scale * (1 - a_t).sqrt() * grad
+
+    for n, i in enumerate(range(len(ts) - 1, -1, -1)):
+        with torch.no_grad():
+            eps = predict_eps(ldm, z, ts[i])
+        z, _, _ = ddim_step(ldm, z, ts, i, eps, x0_hook=guide)
+        if not g.mask:
+            continue
+        with torch.no_grad():
+            if i >= g.guide_tail:  # a guided step: accumulate the self-optimised mask
+                saliency += last_grad["g"].abs().mean(1, keepdim=True).float()
+                if n + 1 < g.mask_from:
+                    continue
+                latent_mask = _top_mask(saliency, g.mask_fraction, g.mask_dilate)
+            if i > 0:  # keep the original trajectory outside the changing region
+                m = latent_mask.to(z.dtype)
+                z = m * z + (1 - m) * traj[i - 1]
+    with torch.no_grad():
+        img = decode(ldm, z).clamp(-1, 1)
+        if g.mask:
+            pm = _blur(F.interpolate(latent_mask, size=x.shape[-2:], mode="bilinear",
+                                     align_corners=False), 5).to(img.dtype)
+            img = pm * img + (1 - pm) * x  # original pixels outside the changing region
+        else:
+            pm = torch.ones_like(img[:, :1])
+        logit = problem.logit(img)
+    state.frame(2 + len(ts), idx, img, logit, x0=z)
+    return PassResult(img, logit, pm)
+
+
+# ------------------------------------------------------------------------------------------------
+def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 4.0,
+         retry_scales: tuple[float, ...] = (8.0, 16.0), l1_weight: float = 1.0,
+         num_steps: int = 20, t_start: int = 500, callback: Callable | None = None) -> CFBatch:
+    """DiME (Jeanneret et al., ACCV 2022) in latent space: guidance through the nested chain.
+
+    Invert to ``t_start`` once; at every denoising step, estimate the clean latent with the whole
+    nested DDIM chain from z_t to t = 0 (a realistic image, not the blurry one-step x̂0), decode
+    it, and take the gradient of BCE(logit, target) + l1_weight·|D(·) − x| back through the
+    chain to z_t (the UNet frozen, as in the original lDVCE). It guides the step as classifier
+    guidance on ε, ε̂ = ε + scale·sqrt(1 − a_t)·∇, i.e. x̂0 ← x̂0 − scale·(1 − a_t)/sqrt(a_t)·∇.
+    No mask. Unflipped samples are retried with the larger ``retry_scales`` (DiME's 8 → 10 → 15).
+    Costs about num_steps²/2 UNet calls per pass instead of num_steps.
+
+    Parameters
+    ----------
+    scale : float
+        Classifier-guidance scale on ε (the raw gradient of the loss, not normalised).
+    retry_scales : tuple of float
+        Larger scales tried in turn for samples that did not flip; empty for a single pass.
+    l1_weight : float
+        Weight of the pixel L1 distance to the original in the guidance loss.
+    num_steps : int
+        DDIM steps over the full 1000-step range (the schedule's grid is 1000 // num_steps).
+    t_start : int
+        Timestep the image is inverted to and denoised from (on the grid).
+    callback : callable
+        Receives each frame (see the module docstring); not a command-line option.
+    """
+    state = SampleState(problem, x, target, callback)
+    ts = schedule(t_start, num_steps)
+    z_T, _ = _invert(state, ts)
+    used_scale = torch.zeros(len(state.x))
+    scales = (scale, *retry_scales)
+    for attempt, s in enumerate(scales):
+        todo = state.todo()
+        if len(todo) == 0:
+            break
+        img, logit = _dime_pass(state, todo, z_T[todo], ts, s, l1_weight)
+        used_scale[todo.cpu()] = s
+        state.settle(todo, img, logit, (attempt + 1) * len(ts), last=attempt == len(scales) - 1)
+    return state.result(scale=used_scale.tolist(), t_start=t_start, num_steps=num_steps)
+
+
+def _dime_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor, ts: list[int],
+               scale: float, l1_weight: float):
+    problem = state.problem
+    ldm, x, target = problem.ldm, state.x[idx], state.target[idx]
+    for n, i in enumerate(range(len(ts) - 1, -1, -1)):
+        with torch.no_grad():
+            eps = predict_eps(ldm, z, ts[i])
+        with torch.enable_grad():
+            zt = z.detach().requires_grad_(True)
+            # the nested chain: this step with the ε above, then the rest down to t = 0
+            clean, _, _ = ddim_step(ldm, zt, ts, i, eps)
+            clean = ddim_denoise(ldm, clean, ts[:i]) if i > 0 else clean
+            img = decode(ldm, clean)
+            loss, logit = _classifier_loss(problem, img, x, target, l1_weight)
+            grad, = torch.autograd.grad(loss.sum(), zt)
+        state.frame(2 + n, idx, img.clamp(-1, 1), logit, x0=clean)
+        grad = grad.nan_to_num(0.0)
+        z, _, _ = ddim_step(ldm, z, ts, i, eps,
+                            x0_hook=lambda x0, _i, a_t: x0 - scale * (1 - a_t) / a_t.sqrt() * grad)
+    with torch.no_grad():
+        img = decode(ldm, z).clamp(-1, 1)
+        logit = problem.logit(img)
+    state.frame(2 + len(ts), idx, img, logit, x0=z)
+    return img, logit
+
+
+SAMPLERS: dict[str, Callable[..., CFBatch]] = {"seed": seed_ldvce, "guided": guided, "dime": dime}
 
 
 def get_sampler(name: str) -> Callable[..., CFBatch]:
     if name not in SAMPLERS:
         raise KeyError(f"unknown method {name!r}; available: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def sampler_defaults(name: str) -> dict:
+    """The keyword options of sampler ``name`` with their defaults (``callback`` left out)."""
+    return {k: p.default for k, p in inspect.signature(get_sampler(name)).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and k != "callback"}

@@ -132,20 +132,23 @@ class SampleState:
                            "logit": logit.detach(), "x0": None if x0 is None else x0.detach()})
 
     def settle(self, samples: torch.Tensor, img: torch.Tensor, logit: torch.Tensor,
-               iterations: int, last: bool) -> torch.Tensor:
-        """Record a try of ``samples``: non-finite ones fail, flipped ones (all of them on the
-        ``last`` try) finish with ``img`` as counterfactual, the others keep running. Returns
-        the per-row finiteness mask."""
+               iterations: int, last: bool, margin: float = 0.0) -> torch.Tensor:
+        """Record a try of ``samples``: non-finite ones fail, ones whose logit passed the
+        decision boundary by ``margin`` toward the target (all of them on the ``last`` try)
+        finish with ``img`` as counterfactual, the others keep running. ``flipped`` records
+        whether the decision flipped at all. Returns the per-row finiteness mask."""
         img, logit = img.detach(), logit.detach()
         ok = _finite(img, logit)
-        done = _toward(logit, self.target[samples])
+        target = self.target[samples]
+        flipped = _toward(logit, target)
+        done = flipped & ((2 * target - 1) * logit >= margin)
         for j, i in enumerate(samples.tolist()):
             if bool(ok[j]) and not (bool(done[j]) or last):
                 continue
             self.counterfactual[i], self.iterations[i] = img[j], iterations
             self.running[i] = False
             if bool(ok[j]):
-                self.flipped[i] = bool(done[j])
+                self.flipped[i] = bool(flipped[j])
             else:
                 self.failed[i] = NON_FINITE
         return ok
@@ -155,11 +158,38 @@ class SampleState:
                        self.failed, info=info)
 
 
+#: Fixed views for guidance through augmentations: (horizontal flip, shift x, shift y) in pixels.
+#: Fixed, not random, so that a sample's result depends neither on a seed nor on its batch.
+VIEWS = ((False, 0, 0), (True, 0, 0), (False, 2, 0), (False, -2, 0), (False, 0, 2),
+         (False, 0, -2), (True, 2, 2), (True, -2, -2))
+
+
+def _view(img: torch.Tensor, flip: bool, dx: int, dy: int) -> torch.Tensor:
+    """The image mirrored and/or shifted by (dx, dy) pixels, edges replicated."""
+    if flip:
+        img = img.flip(-1)
+    if dx or dy:
+        p = max(abs(dx), abs(dy))
+        h, w = img.shape[-2:]
+        img = F.pad(img, (p, p, p, p), mode="replicate")[..., p - dy:p - dy + h, p - dx:p - dx + w]
+    return img
+
+
 def _classifier_loss(problem: Problem, img: torch.Tensor, x: torch.Tensor, target: torch.Tensor,
-                     l1_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample BCE(logit, target) + l1_weight · mean|img − x|, and the logit."""
+                     l1_weight: float, views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample BCE(logit, target) + l1_weight · mean|img − x|, and the logit.
+
+    With ``views`` > 1 the BCE is averaged over the first ``views`` of :data:`VIEWS` (expectation
+    over transformations): a change must move the classifier on shifted and mirrored copies too,
+    which favours evidence over pixel-exact adversarial detail. The logit returned is the
+    unaugmented one."""
     logit = problem.logit(img)
     loss = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    if views > 1:
+        for flip, dx, dy in VIEWS[1:views]:
+            loss = loss + F.binary_cross_entropy_with_logits(
+                problem.logit(_view(img, flip, dx, dy)), target, reduction="none")
+        loss = loss / views
     return loss + l1_weight * (img - x).abs().flatten(1).mean(1), logit
 
 
@@ -271,6 +301,7 @@ class Guidance:
     mask_dilate: int
     mask_from: int
     guide_tail: int
+    views: int = 1
 
 
 @dataclass
@@ -284,7 +315,8 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
            retry_scales: tuple[float, ...] = (0.6, 1.2), l1_weight: float = 1.0,
            num_steps: int = 20, t_start: int = 500, mask: bool = True,
            mask_fraction: float = 0.025, mask_dilate: int = 3, mask_from: int = 3,
-           guide_tail: int = 0, callback: Callable | None = None) -> CFBatch:
+           guide_tail: int = 0, margin: float = 0.0, views: int = 1,
+           callback: Callable | None = None) -> CFBatch:
     """Latent guided DDIM: classifier guidance on the one-step estimate x̂0 with a self-optimised mask.
 
     FastDiME / MaskDiME / LDCE ideas in latent space. Invert to ``t_start`` once, then denoise
@@ -320,16 +352,25 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
     guide_tail : int
         Last steps run unguided, so the denoiser settles the edited region on its learnt
         manifold instead of keeping adversarial detail (the mask still holds the original).
+    margin : float
+        A sample is done when its logit passed the decision boundary by this much toward the
+        target; below it, it is retried with the next scale (the last try is kept either way).
+    views : int
+        Guide through this many fixed views of the decoded image (mirror, ±2-pixel shifts;
+        1 = the image only), averaging the classifier loss over them.
     callback : callable
         Receives each frame (see the module docstring); not a command-line option.
     """
     state = SampleState(problem, x, target, callback)
     ts = schedule(t_start, num_steps)
+    if not 1 <= views <= len(VIEWS):
+        raise ValueError(f"views must be in 1..{len(VIEWS)}, got {views}")
     z_T, traj = _invert(state, ts)
     b = len(state.x)
     used_scale = torch.zeros(b)
     pixel_masks = torch.zeros((b, 1, *state.x.shape[-2:]))
-    options = Guidance(scale, l1_weight, mask, mask_fraction, mask_dilate, mask_from, guide_tail)
+    options = Guidance(scale, l1_weight, mask, mask_fraction, mask_dilate, mask_from, guide_tail,
+                       views)
     scales = (scale, *retry_scales)
     for attempt, s in enumerate(scales):
         todo = state.todo()
@@ -340,7 +381,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
         used_scale[todo.cpu()] = s
         pixel_masks[todo.cpu()] = out.mask.cpu().to(pixel_masks.dtype)
         state.settle(todo, out.img, out.logit, (attempt + 1) * len(ts),
-                     last=attempt == len(scales) - 1)
+                     last=attempt == len(scales) - 1, margin=margin)
     return state.result(scale=used_scale.tolist(), mask=pixel_masks, t_start=t_start,
                         num_steps=num_steps)
 
@@ -365,7 +406,7 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
         with torch.enable_grad():
             x0g = x0.detach().requires_grad_(True)
             img = decode(ldm, x0g)
-            loss, logit = _classifier_loss(problem, img, x, target, g.l1_weight)
+            loss, logit = _classifier_loss(problem, img, x, target, g.l1_weight, g.views)
             grad, = torch.autograd.grad(loss.sum(), x0g)
         state.frame(2 + n, idx, img.clamp(-1, 1), logit, x0=x0)
         grad = grad.nan_to_num(0.0)

@@ -309,7 +309,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
     t_start : int
         Timestep the image is inverted to and denoised from (on the grid).
     mask : bool
-        Restrict the change to a self-optimised mask: the top ``mask_fraction`` of latent
+        Restrict the change to a self-optimised mask: the top mask_fraction of latent
         positions by accumulated |gradient|, dilated.
     mask_fraction : float
         Share of latent positions in the mask before dilation.
@@ -403,8 +403,8 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------------------
-def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 4.0,
-         retry_scales: tuple[float, ...] = (8.0, 16.0), l1_weight: float = 1.0,
+def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 1.0,
+         retry_scales: tuple[float, ...] = (2.0, 4.0), l1_weight: float = 1.0,
          num_steps: int = 20, t_start: int = 500, callback: Callable | None = None) -> CFBatch:
     """DiME (Jeanneret et al., ACCV 2022) in latent space: guidance through the nested chain.
 
@@ -414,7 +414,7 @@ def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: floa
     chain to z_t (the UNet frozen, as in the original lDVCE). It guides the step as classifier
     guidance on ε, ε̂ = ε + scale·sqrt(1 − a_t)·∇, i.e. x̂0 ← x̂0 − scale·(1 − a_t)/sqrt(a_t)·∇.
     No mask. Unflipped samples are retried with the larger ``retry_scales`` (DiME's 8 → 10 → 15).
-    Costs about num_steps²/2 UNet calls per pass instead of num_steps.
+    A pass of n denoising steps costs about n²/2 UNet calls instead of n.
 
     Parameters
     ----------

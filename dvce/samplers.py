@@ -414,7 +414,6 @@ def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: floa
     chain to z_t (the UNet frozen, as in the original lDVCE). It guides the step as classifier
     guidance on ε, ε̂ = ε + scale·sqrt(1 − a_t)·∇, i.e. x̂0 ← x̂0 − scale·(1 − a_t)/sqrt(a_t)·∇.
     No mask. Unflipped samples are retried with the larger ``retry_scales`` (DiME's 8 → 10 → 15).
-    A pass of n denoising steps costs about n²/2 UNet calls instead of n.
 
     Parameters
     ----------
@@ -423,9 +422,11 @@ def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: floa
     retry_scales : tuple of float
         Larger scales tried in turn for samples that did not flip; empty for a single pass.
     l1_weight : float
-        Weight of the pixel L1 distance to the original in the guidance loss.
+        Weight of the pixel L1 distance to the original in the guidance loss: with no mask,
+        the only term that keeps the change small.
     num_steps : int
-        DDIM steps over the full 1000-step range (the schedule's grid is 1000 // num_steps).
+        DDIM steps over the full 1000-step range (grid 1000 // num_steps); a pass over the
+        n steps from t_start costs about n²/2 UNet calls.
     t_start : int
         Timestep the image is inverted to and denoised from (on the grid).
     callback : callable

@@ -522,7 +522,8 @@ def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
     json : str
         Also write the results here.
     gpu : bool
-        Time the exact CompVis architecture at 256² on CUDA (random weights) instead.
+        Time the exact CompVis architecture at 256² on CUDA (random weights) instead
+        (--device is not used then).
     device : str
         auto, cpu, cuda or cuda:N.
     """

@@ -3,9 +3,9 @@
 A command is a plain function registered under its path (``"generate"``, ``"toy make-data"``):
 its parameters become the arguments, their types and defaults the parsing, their numpy-style
 docstring entries the help, and the first paragraph of its docstring the command's help.
-Positional parameters without a default become positional arguments; keyword-only parameters
-become ``--flags`` (underscores written as dashes: ``batch_size`` → ``--batch-size``), required
-when they have no default. ``bool`` parameters that default to False are switches, ``list[X]``
+Parameters before the ``*`` become positional arguments (optional when they have a default);
+keyword-only parameters become ``--flags`` (underscores written as dashes: ``batch_size`` →
+``--batch-size``), required when they have no default. ``bool`` parameters that default to False are switches, ``list[X]``
 takes one or more values, ``Literal[...]`` lists its choices. A command may also ``extend`` its
 parser (e.g. one option group per sampler from the sampler's signature); extensions run only
 when that command is parsed, so heavy imports they need never slow down ``ldvce --help``.
@@ -120,7 +120,9 @@ def add_signature_arguments(parser, function: Callable) -> None:
                              "(it is the option's help)")
         kwargs = _type_kwargs(name, hints.get(name, str), p.default)
         kwargs["help"] = helps[name]
-        if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty:
+        if p.kind is p.POSITIONAL_OR_KEYWORD:
+            if p.default is not p.empty:
+                kwargs.update(nargs="?", default=p.default)
             parser.add_argument(name, **kwargs)
             continue
         if p.default is p.empty:

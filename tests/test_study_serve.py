@@ -15,7 +15,7 @@ from PIL import Image
 from dvce import runfolder
 from study import read_export
 from study.serve.design import StudyConfigError, build_study, load_config, pick_frames
-from tests.study_server import ADMIN_TOKEN, StudyServer, admin, new_participant, request
+from tests.study_server import ADMIN_TOKEN, REPO, StudyServer, admin, new_participant, request
 
 
 # ------------------------------------------------------------------------------------ design
@@ -325,19 +325,20 @@ def test_restart_loses_nothing_and_the_participant_continues(study_run, tmp_path
         # Others are answering while the server is killed: what was acknowledged must survive.
 
         def busy(i):
-            t = new_participant(srv.url)
-            st = request("GET", f"{srv.url}/api/p/{t}")[1]
-            r2 = random.Random(100 + i)
-            while not stop.is_set() and not st["done"]:
-                b = _answer_for(st["trial"], 10 + i, r2)
-                sent[(st["participant"], b["trial"])] = b.get("choice", b.get("polygons"))
-                try:
+            try:
+                t = new_participant(srv.url)
+                st = request("GET", f"{srv.url}/api/p/{t}")[1]
+                r2 = random.Random(100 + i)
+                while not stop.is_set() and not st["done"]:
+                    b = _answer_for(st["trial"], 10 + i, r2)
+                    key = (st["participant"], b["trial"])
+                    sent[key] = b.get("choice", b.get("polygons"))
                     code, st = request("POST", f"{srv.url}/api/p/{t}/answer", b, timeout=5)
-                except OSError:
-                    return  # the server died mid-request
-                if code != 200:
-                    return
-                acked[(st["participant"], b["trial"])] = sent[(st["participant"], b["trial"])]
+                    if code != 200:
+                        return
+                    acked[key] = sent[key]
+            except OSError:
+                return  # the server died mid-request: this answer may or may not be stored
 
         workers = [threading.Thread(target=busy, args=(i,), daemon=True) for i in range(4)]
         for w in workers:
@@ -381,3 +382,39 @@ def test_restart_loses_nothing_and_the_participant_continues(study_run, tmp_path
             assert stored.get(key) == want, key  # every acknowledged answer, exactly
         for key, got in stored.items():  # nothing else but what was sent (in flight at the kill)
             assert got == (mine.get(key[1]) if key[0] == pid else sent[key]), key
+
+
+def test_shipped_config_and_changed_studies(study_run, tmp_path):
+    from study.serve.store import Store, StudyMismatch
+    cfg = load_config(REPO / "configs" / "study" / "smiling.yaml")
+    study = build_study([study_run], cfg)
+    assert study.config["question"] == "Is this person smiling?" and study.display_size == 512
+    store = Store(tmp_path / "db.sqlite")
+    assert store.check_study(study.fingerprint(), 512) is None
+    assert store.check_study(study.fingerprint(), 512) is None  # a restart of the same study
+    assert "differ" in store.check_study("another", 512)  # answers are kept, with a warning
+    with pytest.raises(StudyMismatch, match="512 px"):
+        store.check_study(study.fingerprint(), 384)
+
+
+def test_catch_trials_are_scored_and_kept_out_of_the_export(client):
+    tok = _start(client)
+    plan_keys = set()
+    for _ in range(10):
+        state = client.get(f"/api/p/{tok}").get_json()
+        if state["done"]:
+            break
+        t = state["trial"]
+        plan_keys.add(t["key"])
+        if t["kind"] == "selection":
+            body = {"trial": t["key"], "choice": -1 if t["key"] == "catch:0" else t["frames"][1]["value"]}
+        else:
+            body = {"trial": t["key"], "polygons": [[[10, 10], [200, 10], [100, 150]]]}
+        assert _answer(client, tok, body).status_code == 200
+    assert state["done"] and "catch:0" in plan_keys and state["total"] == 7
+    prog = client.get("/admin/progress", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).get_json()
+    assert prog["per_participant"][0]["catch_passed"] == prog["per_participant"][0]["catch_total"] == 1
+    text = client.get("/admin/export.csv", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).get_data(as_text=True)
+    ex = read_export(io.StringIO(text))
+    assert ex.issues == [] and len(ex.participants) == 1 and ex.participants[0].submittedAt
+    assert sum(len(v) for v in ex.selections.values()) == 3 and "catch" not in text

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import math
 import re
+import secrets
 from pathlib import Path
 
 from flask import Flask, Response, abort, jsonify, render_template, request, send_file
@@ -57,7 +58,7 @@ def create_app(study: Study, store: Store, admin_token: str) -> Flask:
         raise ValueError("an admin token is required")
     app = Flask(__name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates"))
     app.config["MAX_CONTENT_LENGTH"] = body_limit(study)
-    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False
     cfg = study.config
     admin_secret = admin_token.encode("utf-8")
 
@@ -241,7 +242,6 @@ def create_app(study: Study, store: Store, admin_token: str) -> Flask:
         if cfg["consent"] is not None and not consent:
             return _err(400, "please accept the consent text to take part")
         # The trial order is seeded by a fresh random key (not the secret token).
-        import secrets
         plan = study.plan(secrets.token_hex(8))
         made = store.create_participant(plan, consent, cfg["max_participants"])
         if made is None:

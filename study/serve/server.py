@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if len(token) < 8:
         print("error: --admin-token must have at least 8 characters", file=sys.stderr)
         return 2
+    if args.threads < 1:
+        print("error: --threads must be at least 1", file=sys.stderr)
+        return 2
     root = args.root_path.rstrip("/")
     if root and not root.startswith("/"):
         print(f"error: --root-path must start with '/', got {args.root_path!r}", file=sys.stderr)
@@ -100,9 +103,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"admin token (generated): {token}")
     sys.stdout.flush()
     try:
-        server.run()
+        server.run()  # returns on Ctrl-C (waitress handles the KeyboardInterrupt)
     except KeyboardInterrupt:
-        print("stopped; every submitted answer is in", args.db)
+        pass
+    print(f"stopped; every submitted answer is in {args.db}")
     return 0
 
 

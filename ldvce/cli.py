@@ -23,6 +23,7 @@ EPILOG = """examples:
   ldvce evaluate runs/cf --oracle oracle.ckpt
   ldvce explain runs/cf --classifier res50.ckpt --composites lrp0,epsilon_plus_flat
   ldvce study eval --export studyentries.csv --images data/test_counterfactual --out runs/study
+  ldvce study serve runs/cf --db study.sqlite --port 8000 --admin-token "$TOKEN"
 """
 
 
@@ -204,6 +205,13 @@ def cmd_study(a):
         raise SystemExit(code)
 
 
+def cmd_study_serve(a):
+    from study.serve.server import run
+    code = run(a)
+    if code:
+        raise SystemExit(code)
+
+
 def cmd_demo(a):
     from ldvce.demo import run_demo
     run_demo(a.out, quick=a.quick)
@@ -333,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_crp)
 
-    st = _sub(sub, "study", "user-study evaluation")
+    st = _sub(sub, "study", "user study: serve it in a browser, evaluate its export")
     ssub = st.add_subparsers(dest="study_command", metavar="ACTION", required=True)
     from study import evalstudy  # light: numpy/matplotlib only
     s = ssub.add_parser("eval", help="evaluate a study export (as python study/evalstudy.py)",
@@ -341,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     evalstudy.add_arguments(s)
     s.set_defaults(func=cmd_study)
+    from study.serve import server as study_server  # light: argparse only until it runs
+    s = ssub.add_parser("serve", help="serve the study web app over `ldvce generate` runs (SQLite, admin export)",
+                        description=study_server.DESCRIPTION, epilog=study_server.EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    study_server.add_arguments(s)
+    s.set_defaults(func=cmd_study_serve)
 
     s = _sub(sub, "demo", "the whole pipeline on the toy world; writes overview.png, report.html")
     s.add_argument("--out", default="runs/demo")

@@ -55,7 +55,8 @@ CEILING_METRICS = M.MASK_METRICS + ("spearman",)
 
 
 def find_study_image(images_dir, image_id: str) -> Path | None:
-    """The study image of ``image_id`` in ``images_dir`` (see module docstring), or None."""
+    """The study image of ``image_id`` in ``images_dir`` (see module docstring; a generation run
+    folder gives its item's ``original.png``), or None."""
     if images_dir is None:
         return None
     d = Path(images_dir)

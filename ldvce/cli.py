@@ -37,6 +37,7 @@ EPILOG = """examples:
   ldvce evaluate runs/cf --oracle oracle.ckpt
   ldvce explain runs/cf --classifier res50.ckpt --composites lrp0,epsilon_plus_flat
   ldvce study eval --export studyentries.csv --images data/test_counterfactual --out runs/study
+  ldvce study serve runs/cf --db study.sqlite --port 8000 --admin-token "$TOKEN"
 """
 
 CLI = Registry()
@@ -471,7 +472,7 @@ def crp(mode: Literal["local", "global"], *, classifier: str, attribute: str = "
 
 
 # -------------------------------------------------------------------------------------- study
-CLI.group("study", "user-study evaluation")
+CLI.group("study", "user study: serve it in a browser, evaluate its export")
 
 
 def _study_eval_arguments(parser) -> None:
@@ -485,6 +486,22 @@ def study_eval(**options) -> None:
     """Evaluate a study export (as python study/evalstudy.py)."""
     import argparse
     from study.evalstudy import run
+    code = run(argparse.Namespace(**options))
+    if code:
+        raise SystemExit(code)
+
+
+def _study_serve_arguments(parser) -> None:
+    from study.serve import server  # light: argparse only until it runs
+    parser.description, parser.epilog = server.DESCRIPTION, server.EPILOG
+    server.add_arguments(parser)
+
+
+@CLI.command("study serve", extend=_study_serve_arguments)
+def study_serve(**options) -> None:
+    """Serve the study web app over `ldvce generate` runs (SQLite, admin export)."""
+    import argparse
+    from study.serve.server import run
     code = run(argparse.Namespace(**options))
     if code:
         raise SystemExit(code)

@@ -58,6 +58,7 @@ def test_every_command_parses_into_its_function_signature():
         ("explain",): ["run", "--classifier", "c", "--start", "one"],
         ("crp",): ["local", "--classifier", "c", "--run", "r", "--out", "o", "--top", "2"],
         ("study", "eval"): ["--export", "e.csv", "--out", "o", "--no-figures"],
+        ("study", "serve"): ["r1", "r2", "--db", "s.sqlite", "--port", "0"],
         ("demo",): ["--quick"],
         ("bench", "generate"): ["--n", "2", "--gpu"],
         ("bench", "ldm"): ["--n", "2"],
@@ -75,6 +76,8 @@ def test_every_command_parses_into_its_function_signature():
     assert kw["method"] == "guided"  # the library's default method
     _, kw = _parsed("study", "eval", "--export", "e.csv", "--out", "o", "--no-figures")
     assert kw["no_figures"] is True and kw["bootstrap"] == 200
+    _, kw = _parsed("study", "serve", "r1", "r2", "--db", "s.sqlite", "--port", "0")
+    assert [str(r) for r in kw["runs"]] == ["r1", "r2"] and kw["port"] == 0 and kw["threads"] == 8
 
 
 def test_generate_refuses_options_of_another_method():

@@ -8,7 +8,9 @@ inside the functions so that ``ldvce --help`` answers at once. Run ``ldvce <comm
 
 To add a command: write a function with keyword parameters, a numpy-style docstring entry for
 each (the help) and a one-line summary, and decorate it with ``@CLI.command("name")`` (or
-``"group action"`` after ``CLI.group("group", help)``).
+``"group action"`` after ``CLI.group("group", help)``). A script module that owns an argparse
+parser (``add_arguments``/``run``, like ``study/evalstudy.py``) is registered with
+:func:`_script_command`. ``ldvce train`` hands its arguments to LightningCLI unparsed.
 """
 from __future__ import annotations
 
@@ -475,36 +477,30 @@ def crp(mode: Literal["local", "global"], *, classifier: str, attribute: str = "
 CLI.group("study", "user study: serve it in a browser, evaluate its export")
 
 
-def _study_eval_arguments(parser) -> None:
-    from study import evalstudy  # light: numpy/matplotlib only
-    parser.description, parser.epilog = evalstudy.DESCRIPTION, evalstudy.EPILOG
-    evalstudy.add_arguments(parser)
+def _script_command(path: str, module: str, summary: str) -> None:
+    """Register a command whose options and handler a script module owns, argparse style:
+    ``DESCRIPTION``, ``EPILOG``, ``add_arguments(parser)`` and ``run(args) -> exit code``."""
+    from importlib import import_module
+
+    def extend(parser) -> None:
+        m = import_module(module)  # only when this command is parsed
+        parser.description, parser.epilog = m.DESCRIPTION, m.EPILOG
+        m.add_arguments(parser)
+
+    def handler(**options) -> None:
+        import argparse
+        code = import_module(module).run(argparse.Namespace(**options))
+        if code:
+            raise SystemExit(code)
+
+    handler.__doc__ = summary
+    CLI.command(path, extend=extend)(handler)
 
 
-@CLI.command("study eval", extend=_study_eval_arguments)
-def study_eval(**options) -> None:
-    """Evaluate a study export (as python study/evalstudy.py)."""
-    import argparse
-    from study.evalstudy import run
-    code = run(argparse.Namespace(**options))
-    if code:
-        raise SystemExit(code)
-
-
-def _study_serve_arguments(parser) -> None:
-    from study.serve import server  # light: argparse only until it runs
-    parser.description, parser.epilog = server.DESCRIPTION, server.EPILOG
-    server.add_arguments(parser)
-
-
-@CLI.command("study serve", extend=_study_serve_arguments)
-def study_serve(**options) -> None:
-    """Serve the study web app over `ldvce generate` runs (SQLite, admin export)."""
-    import argparse
-    from study.serve.server import run
-    code = run(argparse.Namespace(**options))
-    if code:
-        raise SystemExit(code)
+_script_command("study eval", "study.evalstudy",
+                "Evaluate a study export (as python study/evalstudy.py).")
+_script_command("study serve", "study.serve.server",
+                "Serve the study web app over `ldvce generate` runs (SQLite, admin export).")
 
 
 # ------------------------------------------------------------------------------------ demo

@@ -5,6 +5,7 @@ Both take [-1, 1] images and return 40 logits (multi-label, BCE with logits).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -334,8 +335,8 @@ def load_classifier(path: str | os.PathLike, expect: str | None = None, map_loca
         want_desc = _describe(expect or found, {**hp, **wanted})
         raise CheckpointMismatchError(f"{path} holds a {_describe(found, hp)} but a {want_desc} "
                                       f"was requested")
-    model = CLASSIFIERS[found](**{k: v for k, v in hp.items()
-                                  if k in CLASSIFIERS[found].__init__.__code__.co_varnames})
+    accepted = inspect.signature(CLASSIFIERS[found]).parameters
+    model = CLASSIFIERS[found](**{k: v for k, v in hp.items() if k in accepted})
     try:
         model.load_state_dict({k: v for k, v in sd.items() if k.startswith("net.")}, strict=False)
         missing = [k for k in model.state_dict() if k.startswith("net.") and k not in sd]

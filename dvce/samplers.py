@@ -341,7 +341,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
     t_start : int
         Timestep the image is inverted to and denoised from (on the grid).
     mask : bool
-        Restrict the change to a self-optimised mask: the top ``mask_fraction`` of latent
+        Restrict the change to a self-optimised mask: the top mask_fraction of latent
         positions by accumulated |gradient|, dilated.
     mask_fraction : float
         Share of latent positions in the mask before dilation.
@@ -444,8 +444,8 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------------------
-def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 4.0,
-         retry_scales: tuple[float, ...] = (8.0, 16.0), l1_weight: float = 1.0,
+def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 1.0,
+         retry_scales: tuple[float, ...] = (2.0, 4.0), l1_weight: float = 1.0,
          num_steps: int = 20, t_start: int = 500, callback: Callable | None = None) -> CFBatch:
     """DiME (Jeanneret et al., ACCV 2022) in latent space: guidance through the nested chain.
 
@@ -455,7 +455,6 @@ def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: floa
     chain to z_t (the UNet frozen, as in the original lDVCE). It guides the step as classifier
     guidance on ε, ε̂ = ε + scale·sqrt(1 − a_t)·∇, i.e. x̂0 ← x̂0 − scale·(1 − a_t)/sqrt(a_t)·∇.
     No mask. Unflipped samples are retried with the larger ``retry_scales`` (DiME's 8 → 10 → 15).
-    Costs about num_steps²/2 UNet calls per pass instead of num_steps.
 
     Parameters
     ----------
@@ -464,9 +463,11 @@ def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: floa
     retry_scales : tuple of float
         Larger scales tried in turn for samples that did not flip; empty for a single pass.
     l1_weight : float
-        Weight of the pixel L1 distance to the original in the guidance loss.
+        Weight of the pixel L1 distance to the original in the guidance loss: with no mask,
+        the only term that keeps the change small.
     num_steps : int
-        DDIM steps over the full 1000-step range (the schedule's grid is 1000 // num_steps).
+        DDIM steps over the full 1000-step range (grid 1000 // num_steps); a pass over the
+        n steps from t_start costs about n²/2 UNet calls.
     t_start : int
         Timestep the image is inverted to and denoised from (on the grid).
     callback : callable

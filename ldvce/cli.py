@@ -1,18 +1,32 @@
 """The ``ldvce`` command: one entry point for the whole toolkit (orchestration only).
 
-Run ``ldvce <command> --help`` for each command's options. Heavy imports happen inside the
-handlers so that ``ldvce --help`` answers at once.
+Each command is the function below registered under its name (``@CLI.command("toy make-data")``):
+its typed, documented parameters are the command's arguments (see :mod:`ldvce.cliparse`), and
+its body one call into the library. ``ldvce generate`` also gets one option group per sampler,
+from the sampler's own signature and docstring (``--guided.scale 6``). Heavy imports happen
+inside the functions so that ``ldvce --help`` answers at once. Run ``ldvce <command> --help``.
+
+To add a command: write a function with keyword parameters, a numpy-style docstring entry for
+each (the help) and a one-line summary, and decorate it with ``@CLI.command("name")`` (or
+``"group action"`` after ``CLI.group("group", help)``). A script module that owns an argparse
+parser (``add_arguments``/``run``, like ``study/evalstudy.py``) is registered with
+:func:`_script_command`. ``ldvce train`` hands its arguments to LightningCLI unparsed.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
+from ldvce.cliparse import Registry, build_parser as _build, parse, selected_path  # noqa: E402
 from ldvce.devices import resolve_device as _device  # noqa: E402
+
+DESCRIPTION = ("Latent diffusion visual counterfactual explanations (lDVCE), LRP/CRP explanations "
+               "and human relevance heatmaps. Everything runs offline on the toyfaces world; real "
+               "runs use CelebA-HQ and CompVis/ldm-celebahq-256.")
 
 EPILOG = """examples:
   ldvce demo --out runs/demo                      whole pipeline on the offline toy world
@@ -20,132 +34,330 @@ EPILOG = """examples:
   ldvce train --config configs/classifier/toy_resnet.yaml
   ldvce generate --lmdb data/celebahq256.lmdb --attr-file data/CelebAMask-HQ-attribute-anno.txt \\
         --indices 27300 27398 --classifier res50.ckpt --ldm CompVis/ldm-celebahq-256 --out runs/cf
+  ldvce generate --images imgs --classifier toy_resnet --ldm toy --out runs/cf \\
+        --method guided --guided.scale 0.6 --guided.retry_scales '[]'
   ldvce evaluate runs/cf --oracle oracle.ckpt
   ldvce explain runs/cf --classifier res50.ckpt --composites lrp0,epsilon_plus_flat
   ldvce study eval --export studyentries.csv --images data/test_counterfactual --out runs/study
+  ldvce study serve runs/cf --db study.sqlite --port 8000 --admin-token "$TOKEN"
 """
 
-
-class _Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
-def _sub(subparsers, name, help_, description=None, add_help=True):
-    return subparsers.add_parser(name, help=help_, description=description or help_,
-                                 formatter_class=_Fmt, add_help=add_help)
-
+CLI = Registry()
 
 
 # ---------------------------------------------------------------------------------------- toy
-def cmd_toy_make_data(a):
+CLI.group("toy", "the offline toyfaces world: data, LDM training, samples")
+
+
+@CLI.command("toy make-data")
+def toy_make_data(out_dir: str, *, n: int = 2000, seed: int = 0, size: int = 64,
+                  spurious: str | None = None) -> None:
+    """Render a toyfaces dataset (LMDB + attribute file + masks + meta.json).
+
+    Parameters
+    ----------
+    out_dir : str
+        Output folder.
+    n : int
+        Number of faces.
+    seed : int
+        Random seed (same seed, same faces).
+    size : int
+        Image size in pixels.
+    spurious : str
+        Plant a correlation TARGET:CUE:STRENGTH, e.g. Smiling:Wearing_Hat:0.9.
+    """
     import toyfaces
-    spurious = None
-    if a.spurious:
-        target, cue, strength = a.spurious.split(":")
-        spurious = toyfaces.Spurious(target, cue, float(strength))
-    out = toyfaces.make_dataset(a.out_dir, n=a.n, seed=a.seed, size=a.size, spurious=spurious)
-    print(f"wrote {a.n} toy faces to {out}")
+    plant = None
+    if spurious:
+        try:
+            target, cue, strength = spurious.split(":")
+            plant = toyfaces.Spurious(target, cue, float(strength))
+        except ValueError:
+            raise SystemExit(f"--spurious must be TARGET:CUE:STRENGTH, got {spurious!r}")
+    out = toyfaces.make_dataset(out_dir, n=n, seed=seed, size=size, spurious=plant)
+    print(f"wrote {n} toy faces to {out}")
 
 
-def cmd_toy_train_ldm(a):
+@CLI.command("toy train-ldm")
+def toy_train_ldm(out_dir: str, *, data: str, n: int = 12000, data_seed: int = 1000,
+                  vq_warmup_steps: int = 1200, vq_quant_steps: int = 400, unet_steps: int = 4000,
+                  decoder_steps: int = 400, seed: int = 0, threads: int = 2) -> None:
+    """Train the toy VQ autoencoder + UNet; saves a diffusers folder (resumable).
+
+    Parameters
+    ----------
+    out_dir : str
+        Output folder (the diffusers model; checkpoints while training).
+    data : str
+        Toyfaces folder to train on (rendered first when missing).
+    n : int
+        Images to render when --data is missing.
+    data_seed : int
+        Seed of the rendered training faces.
+    vq_warmup_steps : int
+        VQ autoencoder steps without quantisation.
+    vq_quant_steps : int
+        VQ autoencoder steps with the quantiser.
+    unet_steps : int
+        UNet (denoiser) training steps.
+    decoder_steps : int
+        Decoder-only fine-tuning steps (latents fixed).
+    seed : int
+        Seed of the training run.
+    threads : int
+        CPU threads for torch.
+    """
     import toyfaces
     from toyfaces.train_ldm import LDMTrainConfig, train_ldm
-    data = Path(a.data)
-    if not toyfaces.is_complete(data):
-        print(f"rendering {a.n} training faces (seed {a.data_seed}) into {data}")
-        toyfaces.make_dataset(data, n=a.n, seed=a.data_seed)
-    cfg = LDMTrainConfig(vq_warmup_steps=a.vq_warmup_steps, vq_quant_steps=a.vq_quant_steps,
-                         unet_steps=a.unet_steps, decoder_steps=a.decoder_steps, seed=a.seed,
-                         threads=a.threads)
-    out = train_ldm(a.out_dir, *toyfaces.paths(data), cfg)
-    print(f"saved the toy LDM to {out}")
+    folder = Path(data)
+    if not toyfaces.is_complete(folder):
+        print(f"rendering {n} training faces (seed {data_seed}) into {folder}")
+        toyfaces.make_dataset(folder, n=n, seed=data_seed)
+    cfg = LDMTrainConfig(vq_warmup_steps=vq_warmup_steps, vq_quant_steps=vq_quant_steps,
+                         unet_steps=unet_steps, decoder_steps=decoder_steps, seed=seed,
+                         threads=threads)
+    print(f"saved the toy LDM to {train_ldm(out_dir, *toyfaces.paths(folder), cfg)}")
 
 
-def cmd_toy_sample(a):
+@CLI.command("toy sample")
+def toy_sample(*, ldm: str = "toy", n: int = 16, steps: int = 50, seed: int = 0,
+               device: str = "auto", out: str = "samples.png") -> None:
+    """Unconditional DDIM samples of an LDM as a grid PNG.
+
+    Parameters
+    ----------
+    ldm : str
+        toy, a diffusers folder or a hub id.
+    n : int
+        Number of samples (the grid shows the largest square number of them).
+    steps : int
+        DDIM steps.
+    seed : int
+        Seed of the initial noise (same seed, same samples).
+    device : str
+        auto, cpu, cuda or cuda:N.
+    out : str
+        PNG file to write.
+    """
     import torch
     from classifier.images import save_image
     from dvce.diffusion import sample
     from dvce.ldm import load_ldm
-    ldm = load_ldm(a.ldm, device=_device(a.device))
-    imgs = sample(ldm, a.n, num_steps=a.steps, generator=torch.Generator().manual_seed(a.seed))
-    k = int(a.n ** 0.5)
+    model = load_ldm(ldm, device=_device(device))
+    imgs = sample(model, n, num_steps=steps, generator=torch.Generator().manual_seed(seed))
+    k = int(n ** 0.5)
     grid = imgs[: k * k].cpu().reshape(k, k, *imgs.shape[1:]).permute(2, 0, 3, 1, 4)
-    save_image(grid.reshape(3, k * imgs.shape[2], k * imgs.shape[3]), a.out)
-    print(f"wrote a {k}x{k} sample grid to {a.out}")
+    save_image(grid.reshape(3, k * imgs.shape[2], k * imgs.shape[3]), out)
+    print(f"wrote a {k}x{k} sample grid to {out}")
 
 
 # --------------------------------------------------------------------------------------- data
-def cmd_data_build_lmdb(a):
-    from classifier.images import encode_png, load_pil, UnreadableImageError
-    from fileio import list_image_files
-    from classifier.lmdb_store import write_lmdb
+CLI.group("data", "CelebA-HQ data tools")
+
+
+@CLI.command("data build-lmdb")
+def data_build_lmdb(images_dir: str, out: str, *, size: int = 256) -> None:
+    """Build a diffae-layout LMDB ({size}-{idx:05d} keys) from an image folder.
+
+    Parameters
+    ----------
+    images_dir : str
+        Folder of images (PNG/JPEG/WebP…); unreadable files are skipped and reported.
+    out : str
+        LMDB to write; filenames.txt beside it records the order.
+    size : int
+        Resize + centre-crop to this size.
+    """
     import numpy as np
-    files = list_image_files(a.images_dir)
+    from classifier.images import UnreadableImageError, encode_png, load_pil
+    from classifier.lmdb_store import write_lmdb
+    from fileio import list_image_files
+    files = list_image_files(images_dir)
     kept, skipped = [], []
 
     def gen():
         for p in files:
             try:
-                img = load_pil(p, a.size)
+                img = load_pil(p, size)
             except UnreadableImageError as e:
                 skipped.append(str(e))
                 continue
             kept.append(p.name)
             yield encode_png(np.asarray(img))
 
-    n = write_lmdb(a.out, gen(), size=a.size)
-    (Path(a.out) / "filenames.txt").write_text("\n".join(kept) + "\n")
+    n = write_lmdb(out, gen(), size=size)
+    (Path(out) / "filenames.txt").write_text("\n".join(kept) + "\n")
     for s in skipped:
         print(f"skipped: {s}", file=sys.stderr)
-    print(f"wrote {n} images to {a.out} (keys {a.size}-00000…; order in filenames.txt)")
+    print(f"wrote {n} images to {out} (keys {size}-00000…; order in filenames.txt)")
 
 
 # ----------------------------------------------------------------------------------- classifier
-def cmd_train(a, rest):
-    """All options go to LightningCLI (see `ldvce train --help`), plus --logger and --export."""
+@CLI.command("train", passthrough=True)
+def train(argv: list[str]) -> None:
+    """Train a classifier: --config configs/classifier/<name>.yaml [LightningCLI options].
+
+    All options go to LightningCLI (see ``ldvce train --help``), plus ``--logger csv|wandb|none``
+    and ``--export PATH.safetensors``.
+    """
     from classifier.train import main as train_main
-    train_main(rest)
+    train_main(argv)
 
 
-def cmd_classifier_evaluate(a):
+CLI.group("classifier", "classifier tools")
+
+
+@CLI.command("classifier evaluate")
+def classifier_evaluate(checkpoint: str, *, data: str, attr_file: str | None = None,
+                        split: str = "test", attribute: str = "Smiling",
+                        export_misclassified: str | None = None, batch_size: int = 64,
+                        device: str = "auto") -> None:
+    """Per-attribute accuracy / balanced accuracy / AUROC of a checkpoint.
+
+    Parameters
+    ----------
+    checkpoint : str
+        Checkpoint (.ckpt/.safetensors) or a toy name: toy_resnet, toy_linear, toy_oracle.
+    data : str
+        LMDB or toyfaces folder.
+    attr_file : str
+        CelebAMask-HQ-attribute-anno.txt (not needed for toyfaces).
+    split : str
+        train, val, test or all.
+    attribute : str
+        Attribute highlighted in the table (and exported with --export-misclassified).
+    export_misclassified : str
+        Folder: write {idx}_{gt}_misclassified.png for the attribute's errors.
+    batch_size : int
+        Images per forward pass.
+    device : str
+        auto, cpu, cuda or cuda:N.
+    """
     from classifier.evaluate import evaluate_checkpoint
     from ldvce.toyworld import resolve_classifier
     try:
-        checkpoint = resolve_classifier(a.checkpoint)
+        path = resolve_classifier(checkpoint)
     except FileNotFoundError as e:
         raise SystemExit(f"ldvce classifier evaluate: {e}")
-    evaluate_checkpoint(checkpoint, a.data, a.attr_file, split=a.split, attribute=a.attribute,
-                        export_misclassified=a.export_misclassified, batch_size=a.batch_size,
-                        device=_device(a.device))
+    evaluate_checkpoint(path, data, attr_file, split=split, attribute=attribute,
+                        export_misclassified=export_misclassified, batch_size=batch_size,
+                        device=_device(device))
 
 
 # --------------------------------------------------------------------------------- generation
-def cmd_generate(a):
-    import torch
+def _sampler_groups(parser) -> None:
+    """``ldvce generate``: --method's choices and default, and one option group per sampler
+    generated from its signature and docstring (``--guided.scale``, ``--seed.max_iter``…)."""
+    from dvce.samplers import DEFAULT_METHOD, SAMPLERS
+    for action in parser._actions:
+        if action.dest == "method":
+            action.choices = list(SAMPLERS)
+    parser.set_defaults(method=DEFAULT_METHOD)
+    for name, sampler in SAMPLERS.items():
+        parser.add_function_arguments(sampler, nested_key=name,
+                                      skip={"problem", "x", "target", "callback"})
+
+
+@CLI.command("generate", extend=_sampler_groups)
+def generate(*, images: str | None = None, lmdb: str | None = None,
+             attr_file: str | None = None, indices: list[int] | None = None, classifier: str,
+             ldm: str = "CompVis/ldm-celebahq-256", attribute: str = "Smiling",
+             target: Literal["auto", "0", "1"] = "auto", method: str | None = None, out: str,
+             batch_size: int = 8, device: str = "auto", **sampler_options) -> dict:
+    """Generate counterfactuals (one folder per image, resumable).
+
+    Give --images or --lmdb. The chosen --method's options are its group below (e.g.
+    --guided.scale); the options of the other methods must stay at their defaults.
+
+    Parameters
+    ----------
+    images : str
+        Folder of images (PNG/JPEG/WebP…).
+    lmdb : str
+        CelebA-HQ LMDB or toyfaces .lmdb.
+    attr_file : str
+        Attribute file for --lmdb (default: beside the LMDB).
+    indices : list of int
+        LMDB rows to use (default: all).
+    classifier : str
+        Classifier checkpoint (.ckpt/.safetensors) or a toy name (toy_resnet…).
+    ldm : str
+        Hub id, diffusers folder or 'toy'.
+    attribute : str
+        Attribute name or index.
+    target : str
+        auto flips the current decision; 0 or 1 asks for that class.
+    method : str
+        The sampler (method).
+    out : str
+        Output folder (an earlier run there is resumed).
+    batch_size : int
+        Images per sampler call.
+    device : str
+        auto, cpu, cuda or cuda:N.
+    """
     from classifier.attributes import attribute_index, attribute_name
     from classifier.models import load_classifier
-    from dvce import runner
+    from dvce import runfolder, runner
     from dvce.ldm import load_ldm
-    from dvce.samplers import Problem
-    torch.manual_seed(a.seed)
-    dev = _device(a.device)
-    ldm = load_ldm(a.ldm, device=dev)
-    clf = load_classifier(a.classifier, map_location=dev).requires_grad_(False)
-    size = ldm.image_size
-    if a.images:
-        items = runner.folder_items(a.images, size)
+    from dvce.samplers import DEFAULT_METHOD, Problem
+    from ldvce.toyworld import resolve_classifier
+    method = method or DEFAULT_METHOD
+    if (images is None) == (lmdb is None):
+        raise SystemExit("ldvce generate: give exactly one of --images or --lmdb")
+    options = _method_options(method, sampler_options)
+    dev = _device(device)
+    model = load_ldm(ldm, device=dev)
+    try:
+        ckpt = resolve_classifier(classifier)
+    except FileNotFoundError as e:
+        raise SystemExit(f"ldvce generate: {e}")
+    clf = load_classifier(ckpt, map_location=dev).requires_grad_(False)
+    size = model.image_size
+    if images:
+        items = runner.folder_items(images, size)
     else:
-        attr = a.attr_file or _sibling_attr_file(a.lmdb)
-        items = runner.lmdb_items(a.lmdb, attr, a.indices, size)
-    options = _method_options(a)
-    problem = Problem(ldm, clf, attribute_index(a.attribute))
-    summary = runner.run(items, problem, a.out, method=a.method, target=a.target,
-                         batch_size=a.batch_size, options=options,
-                         settings={"attribute": attribute_name(a.attribute), "ldm": str(a.ldm),
-                                   "classifier": str(a.classifier), "seed": a.seed})
-    print(f"{summary['n']} images: flip rate {summary['flip_rate']:.3f}, mean L1 "
-          f"{summary['mean_l1'] or float('nan'):.4f}, {summary['seconds_per_image'] or 0:.2f} s/image "
-          f"-> {a.out}")
+        items = runner.lmdb_items(lmdb, attr_file or _sibling_attr_file(lmdb), indices, size)
+    problem = Problem(model, clf, attribute_index(attribute))
+    summary = runner.run(items, problem, out, method=method, target=target,
+                         batch_size=batch_size, options=options,
+                         settings={"attribute": attribute_name(attribute), "ldm": str(ldm),
+                                   "classifier": str(classifier)})
+    l1 = summary["mean_l1"]
+    print(f"{summary['n_generated']} counterfactuals ({method}): flip rate "
+          f"{summary['flip_rate']:.3f}, mean L1 {float('nan') if l1 is None else l1:.4f}, "
+          f"{summary['seconds_per_image'] or 0:.2f} s/image; {summary['n_failed']} failed, "
+          f"{summary['n_unreadable']} unreadable -> {out}")
+    sources = {it.image_id: it.source for it in items}
+    for e in runfolder.read_manifest(out).values():
+        if e["status"] == "unreadable":
+            src = sources.get(e["image"], {})
+            where = src.get("path") or f"{src.get('lmdb')}[{src.get('index')}]"
+            reason = e.get("reason") or ""
+            print(f"unreadable: {reason if reason.startswith(where) else f'{where}: {reason}'}")
+        elif e["status"] == "failed":
+            print(f"failed: {e['image']}: {e.get('reason')}")
+    return summary
+
+
+def _method_options(method: str, groups: dict) -> dict:
+    """The chosen sampler's options; another sampler's option set away from its default is an
+    error (it would do nothing)."""
+    from dvce.samplers import get_sampler, sampler_defaults
+    try:
+        get_sampler(method)
+    except KeyError as e:
+        raise SystemExit(f"ldvce generate: {e.args[0]}")
+    for name, values in groups.items():
+        if name == method or not values:
+            continue
+        defaults = sampler_defaults(name)
+        changed = [k for k, v in values.items() if k in defaults and v != defaults[k]]
+        if changed:
+            raise SystemExit(f"ldvce generate: --{name}.{changed[0]} is an option of --method "
+                             f"{name}, but --method is {method}")
+    return dict(groups.get(method) or {})
 
 
 def _sibling_attr_file(lmdb):
@@ -155,231 +367,235 @@ def _sibling_attr_file(lmdb):
     return p
 
 
-def _method_options(a) -> dict:
-    """``--option key=value`` pairs; values are Python literals (numbers, tuples, True) or text."""
-    import ast
-    opts = {}
-    for kv in a.option or []:
-        k, _, v = kv.partition("=")
-        try:
-            opts[k] = ast.literal_eval(v) if v else True
-        except (ValueError, SyntaxError):
-            opts[k] = v
-    return opts
+@CLI.command("evaluate")
+def evaluate(run: str, *, oracle: str | None = None, masks: str | None = None,
+             attribute: str | None = None) -> dict:
+    """Metrics of a generation run: flip rate, L1/L2/SSIM, MNAC, localisation.
 
-
-def cmd_evaluate(a):
+    Parameters
+    ----------
+    run : str
+        Output folder of `ldvce generate`.
+    oracle : str
+        Oracle classifier checkpoint or toy name (for MNAC).
+    masks : str
+        Toyfaces folder with masks.npz (for localisation).
+    attribute : str
+        Attribute to evaluate (default: the run's).
+    """
     from classifier.models import load_classifier
     from dvce.metrics import evaluate_run, format_table, write_metrics
-    oracle = load_classifier(a.oracle).requires_grad_(False) if a.oracle else None
-    masks = None
-    oracle_attrs = None
-    if a.masks:
+    from ldvce.toyworld import resolve_classifier
+    model = load_classifier(resolve_classifier(oracle)).requires_grad_(False) if oracle else None
+    region, oracle_attrs = None, None
+    if masks:
         import toyfaces
         from classifier.attributes import attribute_index
-        masks = toyfaces.load_masks(a.masks)
-        oracle_attrs = [attribute_index(n) for n in toyfaces.MODELLED]
-    m = evaluate_run(a.run, oracle=oracle, masks=masks, attribute=a.attribute,
+        region = toyfaces.load_masks(masks)
+        oracle_attrs = [attribute_index(a) for a in toyfaces.MODELLED]
+    m = evaluate_run(run, oracle=model, masks=region, attribute=attribute,
                      oracle_attributes=oracle_attrs)
-    path = write_metrics(a.run, m)
+    path = write_metrics(run, m)
     print(format_table(m))
     print(f"wrote {path}")
+    return m
 
 
 # ------------------------------------------------------------------------------- explanations
-def cmd_explain(a):
-    from ldvce.explain import explain_command
-    return explain_command(a)
+@CLI.command("explain")
+def explain(run: str, *, classifier: str, attribute: str = "Smiling",
+            composites: str = "lrp0,epsilon_plus_flat", start: Literal["logit", "one"] = "logit",
+            hrh: str | None = None, size: int | None = None, out: str | None = None,
+            device: str = "auto") -> dict:
+    """LRP heatmaps of originals and counterfactuals + panel figure.
+
+    Parameters
+    ----------
+    run : str
+        Generation run folder, or a plain image folder.
+    classifier : str
+        Classifier checkpoint or toy name.
+    attribute : str
+        Attribute name or index whose logit is explained.
+    composites : str
+        Comma-separated LRP composite names.
+    start : str
+        Start relevance: the logit (sign follows the decision) or one.
+    hrh : str
+        Folder of human relevance heatmaps <image_id>.npy (panel column and mass in them).
+    size : int
+        Image size for a plain folder (default: the classifier's).
+    out : str
+        Output folder for a plain image folder (default: in place).
+    device : str
+        auto, cpu, cuda or cuda:N.
+    """
+    from ldvce.explain import run_explain
+    return run_explain(run, classifier, attribute=attribute, composites=composites, start=start,
+                       hrh=hrh, size=size, out=out, device=device)
 
 
-def cmd_crp(a):
-    from ldvce.explain import crp_command
-    return crp_command(a)
+@CLI.command("crp")
+def crp(mode: Literal["local", "global"], *, classifier: str, attribute: str = "Smiling",
+        run: str | None = None, data: str | None = None, attr_file: str | None = None,
+        layers: str = "net.layer3,net.layer4", top: int = 6, n: int = 200, out: str,
+        device: str = "auto") -> dict:
+    """Concept relevance (CRP): local pair analysis and global reference images.
+
+    Parameters
+    ----------
+    mode : str
+        local: concepts of each image / what changed per original-counterfactual pair;
+        global: reference images of the attribute's top concepts over a dataset.
+    classifier : str
+        Classifier checkpoint or toy name.
+    attribute : str
+        Attribute name or index.
+    run : str
+        local: generation run folder (original vs counterfactual) or an image folder.
+    data : str
+        global: LMDB or toyfaces folder.
+    attr_file : str
+        global: attribute file for an LMDB (default: beside it).
+    layers : str
+        Comma-separated layer names.
+    top : int
+        Concepts per layer.
+    n : int
+        global: images to analyse.
+    out : str
+        Output folder (local/ and global/ inside).
+    device : str
+        auto, cpu, cuda or cuda:N.
+    """
+    from ldvce.explain import run_crp
+    return run_crp(mode, classifier, out=out, attribute=attribute, run=run, data=data,
+                   attr_file=attr_file, layers=layers, top=top, n=n, device=device)
 
 
-def cmd_study(a):
-    from study.evalstudy import run
-    code = run(a)
-    if code:
-        raise SystemExit(code)
+# -------------------------------------------------------------------------------------- study
+CLI.group("study", "user study: serve it in a browser, evaluate its export")
 
 
-def cmd_demo(a):
+def _script_command(path: str, module: str, summary: str) -> None:
+    """Register a command whose options and handler a script module owns, argparse style:
+    ``DESCRIPTION``, ``EPILOG``, ``add_arguments(parser)`` and ``run(args) -> exit code``."""
+    from importlib import import_module
+
+    def extend(parser) -> None:
+        m = import_module(module)  # only when this command is parsed
+        parser.description, parser.epilog = m.DESCRIPTION, m.EPILOG
+        m.add_arguments(parser)
+
+    def handler(**options) -> None:
+        import argparse
+        code = import_module(module).run(argparse.Namespace(**options))
+        if code:
+            raise SystemExit(code)
+
+    handler.__doc__ = summary
+    CLI.command(path, extend=extend)(handler)
+
+
+_script_command("study eval", "study.evalstudy",
+                "Evaluate a study export (as python study/evalstudy.py).")
+_script_command("study serve", "study.serve.server",
+                "Serve the study web app over `ldvce generate` runs (SQLite, admin export).")
+
+
+# ------------------------------------------------------------------------------------ demo
+@CLI.command("demo")
+def demo(*, out: str = "runs/demo", quick: bool = False) -> dict:
+    """The whole pipeline on the toy world; writes overview.png, report.html.
+
+    Parameters
+    ----------
+    out : str
+        Output folder.
+    quick : bool
+        Fewer images (used by tests).
+    """
     from ldvce.demo import run_demo
-    run_demo(a.out, quick=a.quick)
+    return run_demo(out, quick=quick)
 
 
-def cmd_bench(a):
-    from ldvce.bench import bench_command
-    bench_command(a)
+# ----------------------------------------------------------------------------------- bench
+CLI.group("bench", "benchmarks that print side-by-side ratios")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ldvce", formatter_class=_Fmt, epilog=EPILOG,
-        description="Latent diffusion visual counterfactual explanations (lDVCE), LRP/CRP "
-                    "explanations and human relevance heatmaps. Everything runs offline on the "
-                    "toyfaces world; real runs use CelebA-HQ and CompVis/ldm-celebahq-256.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+@CLI.command("bench generate")
+def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
+                   device: str = "auto"):
+    """Seed-faithful lDVCE vs every other sampler with its defaults, same images.
 
-    toy = _sub(sub, "toy", "the offline toyfaces world: data, LDM training, samples")
-    tsub = toy.add_subparsers(dest="toy_command", metavar="ACTION", required=True)
-    s = _sub(tsub, "make-data", "render a toyfaces dataset (LMDB + attribute file + masks + meta.json)")
-    s.add_argument("out_dir")
-    s.add_argument("--n", type=int, default=2000, help="number of faces")
-    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same faces)")
-    s.add_argument("--size", type=int, default=64, help="image size in pixels")
-    s.add_argument("--spurious", metavar="TARGET:CUE:STRENGTH",
-                   help="plant a correlation, e.g. Smiling:Wearing_Hat:0.9")
-    s.set_defaults(func=cmd_toy_make_data)
-    s = _sub(tsub, "train-ldm", "train the toy VQ autoencoder + UNet; saves a diffusers folder")
-    s.add_argument("out_dir")
-    s.add_argument("--data", required=True, help="toyfaces folder (rendered if missing)")
-    s.add_argument("--n", type=int, default=12000, help="images to render when --data is missing")
-    s.add_argument("--data-seed", type=int, default=1000)
-    s.add_argument("--vq-warmup-steps", type=int, default=1200)
-    s.add_argument("--vq-quant-steps", type=int, default=400)
-    s.add_argument("--unet-steps", type=int, default=4000)
-    s.add_argument("--decoder-steps", type=int, default=400, help="decoder-only fine-tuning")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--threads", type=int, default=2)
-    s.set_defaults(func=cmd_toy_train_ldm)
-    s = _sub(tsub, "sample", "unconditional DDIM samples of an LDM as a grid PNG")
-    s.add_argument("--ldm", default="toy", help="toy, a diffusers folder or a hub id")
-    s.add_argument("--n", type=int, default=16)
-    s.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", default="samples.png")
-    s.set_defaults(func=cmd_toy_sample)
+    Parameters
+    ----------
+    n : int
+        Toy images (not smiling; the counterfactual makes them smile).
+    json : str
+        Also write the results here.
+    gpu : bool
+        Time the exact CompVis architecture at 256² on CUDA (random weights) instead
+        (--device is not used then).
+    device : str
+        auto, cpu, cuda or cuda:N.
+    """
+    from ldvce.bench import run_generate
+    return run_generate(n, json_path=json, gpu=gpu, device=device)
 
-    data = _sub(sub, "data", "CelebA-HQ data tools")
-    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    s = _sub(dsub, "build-lmdb", "build a diffae-layout LMDB ({size}-{idx:05d} keys) from an image folder")
-    s.add_argument("images_dir")
-    s.add_argument("out")
-    s.add_argument("--size", type=int, default=256, help="resize + centre-crop to this size")
-    s.set_defaults(func=cmd_data_build_lmdb)
 
-    s = _sub(sub, "train", "train a classifier: --config configs/classifier/<name>.yaml [LightningCLI "
-             "options]", add_help=False)
-    s.set_defaults(func=cmd_train, passthrough=True)
+@CLI.command("bench ldm")
+def bench_ldm(*, n: int = 200, json: str | None = None) -> dict:
+    """Toy LDM quality: VQ round trip, classifier agreement, DDIM inversion.
 
-    clf = _sub(sub, "classifier", "classifier tools")
-    csub = clf.add_subparsers(dest="classifier_command", metavar="ACTION", required=True)
-    s = _sub(csub, "evaluate", "per-attribute accuracy / balanced accuracy / AUROC of a checkpoint")
-    s.add_argument("checkpoint", help="checkpoint (.ckpt/.safetensors) or a toy name: toy_resnet, "
-                                      "toy_linear, toy_oracle")
-    s.add_argument("--data", required=True, help="LMDB or toyfaces folder")
-    s.add_argument("--attr-file", help="CelebAMask-HQ-attribute-anno.txt (not needed for toyfaces)")
-    s.add_argument("--split", default="test", help="train, val, test or all")
-    s.add_argument("--attribute", default="Smiling", help="highlighted attribute")
-    s.add_argument("--export-misclassified", metavar="DIR",
-                   help="write {idx}_{gt}_misclassified.png for the attribute's errors")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--device", default="auto")
-    s.set_defaults(func=cmd_classifier_evaluate)
+    Parameters
+    ----------
+    n : int
+        Unseen toy images.
+    json : str
+        Also write the results here.
+    """
+    from ldvce.bench import run_ldm
+    return run_ldm(n, json_path=json)
 
-    s = _sub(sub, "generate", "generate counterfactuals (one folder per image, resumable)")
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", help="folder of images (PNG/JPEG/WebP…)")
-    src.add_argument("--lmdb", help="CelebA-HQ LMDB or toyfaces .lmdb")
-    s.add_argument("--attr-file", help="attribute file for --lmdb (default: beside the LMDB)")
-    s.add_argument("--indices", type=int, nargs="+", help="LMDB rows to use (default: all)")
-    s.add_argument("--classifier", required=True, help="classifier checkpoint (.ckpt/.safetensors)")
-    s.add_argument("--ldm", default="CompVis/ldm-celebahq-256", help="hub id, diffusers folder or 'toy'")
-    s.add_argument("--attribute", default="Smiling", help="attribute name or index")
-    s.add_argument("--target", default="auto", choices=["auto", "0", "1"],
-                   help="auto flips the current decision")
-    s.add_argument("--method", default="guided", help="sampler: seed | guided")
-    s.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="sampler option, repeatable (e.g. max_iter=10, scale=6.0)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_generate)
 
-    s = _sub(sub, "evaluate", "metrics of a generation run: flip rate, L1/L2/SSIM, MNAC, localisation")
-    s.add_argument("run", help="output folder of `ldvce generate`")
-    s.add_argument("--oracle", help="oracle classifier checkpoint (for MNAC)")
-    s.add_argument("--masks", help="toyfaces folder with masks.npz (for localisation)")
-    s.add_argument("--attribute", help="default: the run's attribute")
-    s.set_defaults(func=cmd_evaluate)
+@CLI.command("bench lrp")
+def bench_lrp(*, n: int = 32, composites: str | None = None, figure: str | None = None,
+              json: str | None = None, device: str = "auto") -> dict:
+    """LRP relevance mass in the mouth per composite: toy ResNet vs oracle.
 
-    s = _sub(sub, "explain", "LRP heatmaps of originals and counterfactuals + panel figure")
-    s.add_argument("run", help="generation run folder, or a plain image folder")
-    s.add_argument("--classifier", required=True)
-    s.add_argument("--attribute", default="Smiling")
-    s.add_argument("--composites", default="lrp0,epsilon_plus_flat", help="comma-separated names")
-    s.add_argument("--start", default="logit", choices=["logit", "one"], help="start relevance")
-    s.add_argument("--hrh", help="folder of human relevance heatmaps <image_id>.npy (panel column)")
-    s.add_argument("--size", type=int, help="image size for a plain folder (default: model's)")
-    s.add_argument("--out", help="output folder for a plain image folder (default: in place)")
-    s.add_argument("--device", default="auto")
-    s.set_defaults(func=cmd_explain)
+    Parameters
+    ----------
+    n : int
+        Held-out toy faces.
+    composites : str
+        Comma-separated registry names (default: all).
+    figure : str
+        Also write a figure of faces and LRP-EPF maps here (PNG).
+    json : str
+        Also write the results here.
+    device : str
+        auto, cpu, cuda or cuda:N.
+    """
+    from ldvce.bench import run_lrp
+    return run_lrp(n, composites=composites, figure=figure, json_path=json, device=device)
 
-    s = _sub(sub, "crp", "concept relevance (CRP): local pair analysis and global reference images")
-    s.add_argument("mode", choices=["local", "global"])
-    s.add_argument("--classifier", required=True)
-    s.add_argument("--attribute", default="Smiling")
-    s.add_argument("--run", help="local: generation run folder (original vs counterfactual)")
-    s.add_argument("--data", help="global: LMDB or toyfaces folder")
-    s.add_argument("--attr-file")
-    s.add_argument("--layers", default="net.layer3,net.layer4", help="comma-separated layer names")
-    s.add_argument("--top", type=int, default=6, help="concepts per layer")
-    s.add_argument("--n", type=int, default=200, help="global: images to analyse")
-    s.add_argument("--out", required=True)
-    s.add_argument("--device", default="auto")
-    s.set_defaults(func=cmd_crp)
 
-    st = _sub(sub, "study", "user-study evaluation")
-    ssub = st.add_subparsers(dest="study_command", metavar="ACTION", required=True)
-    from study import evalstudy  # light: numpy/matplotlib only
-    s = ssub.add_parser("eval", help="evaluate a study export (as python study/evalstudy.py)",
-                        description=evalstudy.DESCRIPTION, epilog=evalstudy.EPILOG,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    evalstudy.add_arguments(s)
-    s.set_defaults(func=cmd_study)
-
-    s = _sub(sub, "demo", "the whole pipeline on the toy world; writes overview.png, report.html")
-    s.add_argument("--out", default="runs/demo")
-    s.add_argument("--quick", action="store_true", help="fewer images (used by tests)")
-    s.set_defaults(func=cmd_demo)
-
-    s = _sub(sub, "bench", "benchmarks that print side-by-side ratios")
-    bsub = s.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
-    b = _sub(bsub, "generate", "seed-faithful lDVCE vs the best configuration, same images")
-    b.add_argument("--n", type=int, default=8, help="toy images")
-    b.add_argument("--json", help="also write the results here")
-    b.add_argument("--gpu", action="store_true",
-                   help="time the exact CompVis architecture at 256² on CUDA (random weights)")
-    b.add_argument("--device", default="auto")
-    b.set_defaults(func=cmd_bench)
-    b = _sub(bsub, "ldm", "toy LDM quality: VQ round trip, classifier agreement, DDIM inversion")
-    b.add_argument("--n", type=int, default=200)
-    b.add_argument("--json")
-    b.set_defaults(func=cmd_bench)
-    b = _sub(bsub, "lrp", "LRP relevance mass in the mouth per composite: toy ResNet vs oracle")
-    b.add_argument("--n", type=int, default=32, help="held-out toy faces")
-    b.add_argument("--composites", help="comma-separated registry names (default: all)")
-    b.add_argument("--figure", help="also write a figure of faces and LRP-EPF maps here (PNG)")
-    b.add_argument("--json", help="also write the results here")
-    b.add_argument("--device", default="auto")
-    b.set_defaults(func=cmd_bench)
-    return p
+# ------------------------------------------------------------------------------------- main
+def build_parser(argv: list[str] | tuple[str, ...] = ()):
+    """The ``ldvce`` parser; the extensions of the command ``argv`` names are added."""
+    return _build(CLI, "ldvce", DESCRIPTION, EPILOG, selected=selected_path(CLI, list(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and not getattr(args, "passthrough", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if getattr(args, "passthrough", False):
-        args.func(args, rest)
-    else:
-        args.func(args)
+    path = selected_path(CLI, argv)
+    command = CLI.commands.get(path)
+    if command is not None and command.passthrough:  # e.g. train: LightningCLI parses the rest
+        command.function(argv[argv.index(path[-1]) + 1:])
+        return 0
+    command, kwargs = parse(CLI, build_parser(argv), argv)
+    command.function(**kwargs)
     return 0
 
 

@@ -7,7 +7,6 @@ evaluated with the study code → overview.png, report.html, summary.json.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from pathlib import Path
@@ -79,15 +78,17 @@ def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None) 
     _step("loading the shipped toy LDM")
     ldm = load_ldm("toy")
 
-    from ldvce.bench import pick_not_smiling, BEST
+    from dvce.samplers import DEFAULT_METHOD
+    from ldvce.bench import pick_not_smiling
     rows = pick_not_smiling(clf, test_data, n)
     lmdb_path, attr_path = toyfaces.paths(test_data)
     items = runner.lmdb_items(lmdb_path, attr_path, rows, ldm.image_size)
     run_dir = out / "counterfactuals"
     shutil.rmtree(run_dir, ignore_errors=True)
-    _step(f"generating counterfactuals for {len(items)} not-smiling test faces ({BEST['method']})")
-    gen_summary = runner.run(items, Problem(ldm, clf, k), run_dir, method=BEST["method"],
-                             target=1, batch_size=BEST["batch_size"], options=BEST["options"],
+    _step(f"generating counterfactuals for {len(items)} not-smiling test faces ({DEFAULT_METHOD})")
+    # the default sampler with its own defaults; one batch holds the quick and the full demo
+    gen_summary = runner.run(items, Problem(ldm, clf, k), run_dir, method=DEFAULT_METHOD,
+                             target=1, batch_size=16,
                              settings={"attribute": ATTRIBUTE, "ldm": "toy", "classifier": "toy_resnet"})
     metrics = evaluate_run(run_dir, oracle=oracle, masks=masks, attribute=ATTRIBUTE,
                            oracle_attributes=[attribute_index(a) for a in toyfaces.MODELLED])
@@ -114,7 +115,7 @@ def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None) 
         "flip_rate": metrics["flip_rate"], "l1": metrics["l1"],
         "localization": metrics["localization"], "mnac": metrics["mnac"],
         "relevance_mass_accuracy": rma, "study_agreement": study_agreement,
-        "images": len(items), "method": BEST["method"],
+        "images": len(items), "method": DEFAULT_METHOD,
         "seconds_per_image": gen_summary["seconds_per_image"],
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -127,13 +128,10 @@ def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None) 
 
 
 def _relevance_mass(run_dir: Path, masks, composite: str) -> float:
-    """Mean share of the decision's positive LRP relevance inside the target's true region.
-
-    The start relevance is the logit, so a not-smiling original's map is mostly negative: we
-    multiply by sign(logit) to measure the evidence for the decision actually taken, for the
-    original (pre) and the counterfactual (post) alike.
-    """
-    from study.metrics import relevance_mass_accuracy
+    """Mean share of the decision's positive LRP relevance inside the target's true region, for
+    the originals (pre) and the counterfactuals (post) alike (see
+    :func:`study.metrics.decision_relevance_mass`)."""
+    from study.metrics import decision_relevance_mass
     vals = []
     for item in runfolder.list_items(run_dir):
         r = item.result
@@ -141,17 +139,14 @@ def _relevance_mass(run_dir: Path, masks, composite: str) -> float:
         for when, logit in (("pre", r["logit_before"]), ("post", r["logit_after"])):
             f = item.folder / f"heatmap_{composite}_{when}.npy"
             if f.exists():
-                vals.append(relevance_mass_accuracy(np.sign(logit) * np.load(f), region))
+                vals.append(decision_relevance_mass(np.load(f), logit, region))
     return float(np.mean(vals)) if vals else float("nan")
 
 
 def _crp_local(run_dir: Path, clf, out: Path) -> dict:
-    from ldvce.explain import crp_command
-    args = argparse.Namespace(mode="local", classifier=None, model=clf, attribute=ATTRIBUTE,
-                              run=str(run_dir), data=None, attr_file=None,
-                              layers="net.layer3,net.layer4", top=4, n=0, out=str(out),
-                              device="cpu", max_pairs=2)
-    return crp_command(args) or {}
+    from ldvce.explain import run_crp
+    return run_crp("local", clf, run=run_dir, out=out, attribute=ATTRIBUTE,
+                   layers="net.layer3,net.layer4", top=4, max_pairs=2) or {}
 
 
 def _simulated_study(run_dir: Path, masks, oracle, k: int, out: Path):

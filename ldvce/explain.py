@@ -45,13 +45,12 @@ def _load_hrh(hrh_dir, image_id: str):
     return np.load(p).astype(np.float32) if p.exists() else None
 
 
-def _decision_mass(heat: np.ndarray, logit: float, mask: np.ndarray) -> float | None:
-    """Share of the decision's positive relevance (relevance × sign(logit)) inside ``mask``."""
+def _hrh_mass(heat: np.ndarray, logit: float, hrh: np.ndarray) -> float | None:
+    """Share of the decision's positive relevance inside the HRH (on the heatmap's grid)."""
+    from study.metrics import decision_relevance_mass
     from xai.render import resize_map
-    m = resize_map(np.asarray(mask) > 0, heat.shape) > 0.5
-    p = np.clip(heat * (1.0 if logit >= 0 else -1.0), 0, None)
-    total = float(p.sum())
-    return float((p * m).sum() / total) if total > 0 else None
+    v = decision_relevance_mass(heat, logit, resize_map(np.asarray(hrh) > 0, heat.shape) > 0.5)
+    return None if np.isnan(v) else v  # JSON has no nan
 
 
 # ------------------------------------------------------------------------------- explain
@@ -154,7 +153,7 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
                                title=f"{lab} $\\hat{{x}}_0$ ({label} logit {logits_post[i]:+.2f})")
                 stats["sum_post"] = float(post_h.sum())
             if hrh is not None:
-                stats["hrh_mass_pre"] = _decision_mass(pre_h, logits_pre[i], hrh)
+                stats["hrh_mass_pre"] = _hrh_mass(pre_h, logits_pre[i], hrh)
             entry["composites"][comp] = stats
             heat_pairs[comp] = (pre_h, post_h)
         images.append(entry)
@@ -190,15 +189,28 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
     return summary
 
 
-def explain_command(args) -> dict:
-    """Handler of ``ldvce explain`` (see ``ldvce explain --help``)."""
+def _model(classifier, device: str = "auto"):
+    """A loaded classifier as is, or a checkpoint path / toy name loaded on ``device``."""
+    if isinstance(classifier, torch.nn.Module):
+        return classifier
     from classifier.models import load_classifier
-    model = load_classifier(args.classifier, map_location=_device(args.device))
-    summary = explain_run(args.run, model, args.composites, attribute=args.attribute,
-                          start=args.start, hrh_dir=args.hrh, out_dir=args.out, size=args.size)
-    where = Path(args.out or args.run)
+    from ldvce.toyworld import resolve_classifier
+    return load_classifier(resolve_classifier(classifier), map_location=_device(device))
+
+
+def run_explain(run, classifier, *, attribute: str = "Smiling",
+                composites="lrp0,epsilon_plus_flat", start: str = "logit", hrh=None,
+                size: int | None = None, out=None, device: str = "auto") -> dict:
+    """What ``ldvce explain`` does: :func:`explain_run` with a checkpoint, and a printed summary.
+
+    ``classifier`` is a checkpoint path, a toy name or a loaded model; the other arguments are
+    :func:`explain_run`'s (``hrh`` = ``hrh_dir``, ``out`` = ``out_dir``). Returns its summary.
+    """
+    model = _model(classifier, device)
+    summary = explain_run(run, model, composites, attribute=attribute, start=start, hrh_dir=hrh,
+                          out_dir=out, size=size)
     print(f"{summary['n']} images explained with {', '.join(summary['composites'])} "
-          f"({summary['seconds_per_heatmap'] * 1000:.0f} ms per heatmap) -> {where}")
+          f"({summary['seconds_per_heatmap'] * 1000:.0f} ms per heatmap) -> {Path(out or run)}")
     for p in summary["panels"]:
         print(f"panel: {p}")
     return summary
@@ -269,37 +281,40 @@ def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4
     return summary
 
 
-def crp_command(args) -> dict:
-    """Handler of ``ldvce crp local|global`` (see ``ldvce crp --help``).
+def run_crp(mode: str, classifier, *, out, attribute: str = "Smiling", run=None, data=None,
+            attr_file=None, layers: str = "net.layer3,net.layer4", top: int = 6, n: int = 200,
+            device: str = "auto", max_pairs: int | None = None) -> dict:
+    """What ``ldvce crp local|global`` does, with a printed summary.
 
-    Writes into ``OUT/local`` or ``OUT/global``, so one ``--out`` holds both analyses. Library
-    callers may pass a loaded ``model`` and ``max_pairs`` in the namespace.
+    ``mode="local"``: :func:`crp_local` on ``run`` (a generation run or an image folder; the
+    first ``max_pairs`` items if given) into ``OUT/local``. ``mode="global"``: relevance
+    maximisation over ``n`` images of ``data`` (LMDB + ``attr_file``, or a toyfaces folder) into
+    ``OUT/global``. So one ``out`` holds both. ``classifier`` is a checkpoint path, a toy name or
+    a loaded model.
     """
-    from classifier.models import load_classifier
-    model = getattr(args, "model", None)
-    if model is None:
-        model = load_classifier(args.classifier, map_location=_device(args.device))
-    if args.mode == "local":
-        if not args.run:
-            raise SystemExit("crp local needs --run (a generation run or an image folder)")
-        out = Path(args.out) / "local"
-        s = crp_local(args.run, model, args.attribute, args.layers, args.top, out,
-                      max_items=getattr(args, "max_pairs", None))
+    if mode not in ("local", "global"):
+        raise ValueError(f"crp mode must be 'local' or 'global', got {mode!r}")
+    if mode == "local" and not run:
+        raise SystemExit("crp local needs --run (a generation run or an image folder)")
+    if mode == "global" and not data:
+        raise SystemExit("crp global needs --data (a CelebA-HQ LMDB or a toyfaces folder)")
+    model = _model(classifier, device)
+    if mode == "local":
+        out = Path(out) / "local"
+        s = crp_local(run, model, attribute, layers, top, out, max_items=max_pairs)
         print(f"CRP local: {s['n']} {s['kind']} -> {out}")
         if s["most_often_changed"]:
             print("concepts most often among the most changed: "
                   + ", ".join(f"{c} ({k}×)" for c, k in s["most_often_changed"][:6]))
         return s
-    if not args.data:
-        raise SystemExit("crp global needs --data (a CelebA-HQ LMDB or a toyfaces folder)")
     from classifier import CelebHQAttrDataset
     from xai.crp import global_analysis
-    out = Path(args.out) / "global"
-    lmdb, attr = _data_paths(args.data, args.attr_file)
+    out = Path(out) / "global"
+    lmdb, attr = _data_paths(data, attr_file)
     ds = CelebHQAttrDataset(lmdb, attr, split="all", image_size=model_image_size(model),
                             augment=False)
     t0 = time.time()
-    r = global_analysis(model, ds, args.attribute, args.layers, out, n=args.n, top=args.top)
+    r = global_analysis(model, ds, attribute, layers, out, n=n, top=top)
     print(f"CRP global over {r['n']} images ({r['n_positive']} with {r['attribute']}) in "
           f"{time.time() - t0:.1f} s -> {r.get('figure')}")
     for layer, entries in r["layers"].items():

@@ -55,10 +55,14 @@ CEILING_METRICS = M.MASK_METRICS + ("spearman",)
 
 
 def find_study_image(images_dir, image_id: str) -> Path | None:
-    """The study image of ``image_id`` in ``images_dir`` (see module docstring), or None."""
+    """The study image of ``image_id`` in ``images_dir`` (see module docstring; a generation run
+    folder gives its item's ``original.png``), or None."""
     if images_dir is None:
         return None
     d = Path(images_dir)
+    item = runfolder.get_item(d, image_id)  # a generation run: the study shows the originals
+    if item is not None and item.original.is_file():
+        return item.original
     for name in (f"{image_id}_1.0_misclassified.png", f"{image_id}.png", f"{image_id}.jpg"):
         if (d / name).is_file():
             return d / name

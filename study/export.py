@@ -432,7 +432,9 @@ def write_export(
     participants : iterable, optional
         Participant ids, or dicts with ``id`` and optionally ``createdAt``, ``updatedAt``,
         ``submittedAt``. Defaults to every id found in ``selections``/``polygons``, in order
-        of appearance. Missing timestamps are filled with fixed, plausible ISO times.
+        of appearance. Missing timestamp keys are filled with fixed, plausible ISO times; a
+        key given as ``""`` or None stays empty (e.g. ``submittedAt`` of a participant who has
+        not finished).
     media_names : mapping, optional
         ``{img: "<img>_1.0_misclassified.<hash>.png"}``; defaults to :func:`media_name_for`.
     selection_images, annotation_images : sequence of str, optional
@@ -466,7 +468,7 @@ def write_export(
         d = dict(p) if isinstance(p, Mapping) else {"id": str(p)}
         stamp = f"2024-06-20T{12 + i // 60 % 12:02d}:{i % 60:02d}:00.000Z"
         for key in META_COLUMNS[1:]:
-            d[key] = d.get(key) or stamp
+            d[key] = (d[key] or "") if key in d else stamp
         people.append(d)
 
     def points_of(poly) -> tuple[str, list]:

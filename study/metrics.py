@@ -104,6 +104,14 @@ def relevance_mass_accuracy(heatmap, mask) -> float:
     return float(pos[m].sum() / total)
 
 
+def decision_relevance_mass(heatmap, logit: float, mask) -> float:
+    """:func:`relevance_mass_accuracy` of the relevance for the decision taken: the map times
+    sign(logit). With the logit as start relevance a "no" decision's map is mostly negative; the
+    sign turns it into evidence for that "no". ``nan`` for logit 0 (no decision)."""
+    return relevance_mass_accuracy(np.sign(float(logit)) * np.asarray(heatmap, dtype=np.float64),
+                                   mask)
+
+
 def relevance_rank_accuracy(heatmap, mask) -> float:
     """|top-K(heatmap) ∩ mask| / K with K = |mask| (Arras et al.); ties broken in expectation."""
     h, m = _check(heatmap, mask)

@@ -44,3 +44,29 @@ def toy_resnet_ckpt() -> Path:
 def toy_resnet(toy_resnet_ckpt):
     from classifier.models import load_classifier
     return load_classifier(toy_resnet_ckpt).requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def study_run(tmp_path_factory, toy_resnet_ckpt) -> Path:
+    """A small real `ldvce generate` run for the study app: 3 not-smiling toy faces made smiling
+    by the guided sampler on the shipped toy LDM and the cached toy ResNet (a few seconds)."""
+    import toyfaces
+    from classifier.attributes import attribute_index
+    from classifier.models import load_classifier
+    from dvce import runner
+    from dvce.ldm import load_ldm
+    from dvce.samplers import Problem
+
+    root = tmp_path_factory.mktemp("study_run")
+    data = toyfaces.make_dataset(root / "faces", n=16, seed=UNSEEN_SEED + 1, progress=False)
+    lmdb_path, attr_path = toyfaces.paths(data)
+    k = attribute_index("Smiling")
+    rows = [int(line.split()[0].split(".")[0]) for line in attr_path.read_text().splitlines()[2:]
+            if line.split()[1 + k] == "-1"][:3]
+    ldm = load_ldm("toy")
+    clf = load_classifier(toy_resnet_ckpt).requires_grad_(False)
+    out = root / "run"
+    runner.run(runner.lmdb_items(lmdb_path, attr_path, rows, ldm.image_size), Problem(ldm, clf, k), out,
+               method="guided", target=1, batch_size=3, options=dict(num_steps=10, retry_scales=()),
+               settings={"attribute": "Smiling", "ldm": "toy", "classifier": "toy_resnet"}, progress=False)
+    return out

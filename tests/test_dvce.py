@@ -9,7 +9,7 @@ from PIL import Image
 
 from dvce import runner
 from dvce.ldm import build_random_ldm, toy_unet_config, toy_vq_config
-from dvce.samplers import SAMPLERS, Problem, get_sampler
+from dvce.samplers import SAMPLERS, FrameRecorder, Problem, get_sampler, sampler_defaults
 
 
 class BrightnessClassifier(torch.nn.Module):
@@ -36,32 +36,61 @@ def _images(n, seed=0, level=-0.2):
     return (torch.rand(n, 3, 64, 64, generator=g) * 0.4 + level).clamp(-1, 1)
 
 
+QUICK = {"seed": dict(max_iter=2, num_steps=20, t_start=200),
+         "guided": dict(num_steps=20, t_start=200, retry_scales=()),
+         "dime": dict(num_steps=20, t_start=100, retry_scales=())}
+
+
 @pytest.mark.parametrize("method", sorted(SAMPLERS))
 def test_samplers_share_one_signature_and_are_deterministic(problem, method):
     x = _images(3)
     target = torch.ones(3)
-    opts = {"seed": dict(max_iter=2, num_steps=20, t_start=200),
-            "guided": dict(num_steps=20, t_start=200, retry_scales=())}[method]
-    a = get_sampler(method)(problem, x, target, **opts)
+    opts = QUICK[method]
+    frames = FrameRecorder(3)
+    a = get_sampler(method)(problem, x, target, callback=frames, **opts)
     b = get_sampler(method)(problem, x, target, **opts)
     assert a.counterfactual.shape == x.shape and a.reconstruction.shape == x.shape
     assert torch.equal(a.counterfactual, b.counterfactual)
     for i in range(3):
-        assert torch.equal(a.frames[i][0], x[i])  # frame 0 is the original
-        assert len(a.frames[i]) == len(a.frame_logits[i]) >= 3
+        assert torch.equal(frames.frames[i][0], x[i])  # frame 0 is the original
+        assert len(frames.frames[i]) == len(frames.logits[i]) >= 3
+        # the last frame is the counterfactual (the runner reports its logit as "after")
+        assert torch.equal(frames.frames[i][-1], a.counterfactual[i])
     assert a.failed == [None] * 3
+
+
+@pytest.mark.parametrize("method", sorted(SAMPLERS))
+def test_every_sampler_option_is_documented(method):
+    """The docstring entries are the `ldvce generate --<method>.<option>` help texts."""
+    from ldvce.cliparse import parameter_help
+    helps = parameter_help(get_sampler(method))
+    assert set(sampler_defaults(method)) <= {k for k, v in helps.items() if v}
+
+
+def test_frame_recorder_restarts_a_sequence_on_retry():
+    rec = FrameRecorder(2)
+    img = torch.zeros(2, 3, 4, 4)
+    for i in range(4):
+        rec({"i": i, "samples": torch.tensor([0, 1]), "img": img + i, "logit": torch.tensor([i, -i])})
+    rec({"i": 2, "samples": torch.tensor([1]), "img": img[:1] + 9, "logit": torch.tensor([9.0])})
+    assert rec.logits == [[0, 1, 2, 3], [0, -1, 9]]
+    assert float(rec.frames[1][2].max()) == 9
+    with pytest.raises(ValueError, match="frame 5"):
+        rec({"i": 5, "samples": torch.tensor([0]), "img": img[:1], "logit": torch.tensor([0.0])})
 
 
 def test_seed_stops_per_sample(problem):
     x = _images(2)
     opts = dict(num_steps=20, t_start=200, lr=0.5)
-    rec_logit = torch.tensor([l[1] for l in SAMPLERS["seed"](problem, x, torch.ones(2), max_iter=0,
-                                                             **opts).frame_logits])
+    first = FrameRecorder(2)
+    SAMPLERS["seed"](problem, x, torch.ones(2), max_iter=0, callback=first, **opts)
+    rec_logit = torch.tensor([l[1] for l in first.logits])
     # sample 0 asks for what its reconstruction already shows, sample 1 for the opposite
     target = torch.stack([(rec_logit[0] > 0).float(), (rec_logit[1] <= 0).float()])
-    res = SAMPLERS["seed"](problem, x, target, max_iter=3, **opts)
-    assert res.iterations[0] == 0 and res.flipped[0] and len(res.frames[0]) == 2
-    assert res.iterations[1] >= 1 and len(res.frames[1]) == 2 + int(res.iterations[1])
+    frames = FrameRecorder(2)
+    res = SAMPLERS["seed"](problem, x, target, max_iter=3, callback=frames, **opts)
+    assert res.iterations[0] == 0 and res.flipped[0] and len(frames.frames[0]) == 2
+    assert res.iterations[1] >= 1 and len(frames.frames[1]) == 2 + int(res.iterations[1])
 
 
 def test_unknown_method_lists_available():
@@ -151,10 +180,8 @@ def test_guided_runs_in_bfloat16(problem):
 
 
 def test_gpu_benchmark_is_skipped_with_a_message_on_cpu(capsys):
-    import argparse
-    from ldvce.bench import bench_command
+    from ldvce.bench import run_generate
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the benchmark would run for real")
-    bench_command(argparse.Namespace(bench_command="generate", gpu=True, n=2, json=None,
-                                     device="cpu"))
+    assert run_generate(n=2, gpu=True, device="cpu") is None
     assert "no CUDA GPU" in capsys.readouterr().out

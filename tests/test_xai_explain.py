@@ -1,4 +1,5 @@
-"""``ldvce explain`` / ``ldvce crp`` handlers and the pictures (xai.render) on tiny fake runs."""
+"""``ldvce explain`` / ``ldvce crp`` (ldvce.explain.run_explain / run_crp) and the pictures
+(xai.render) on tiny fake runs."""
 from __future__ import annotations
 
 import json
@@ -73,18 +74,12 @@ def fake_run(tmp_path, toy_images):
     return run
 
 
-def _args(*argv):
-    from ldvce.cli import build_parser
-    return build_parser().parse_args(list(argv))
-
-
 def test_explain_command_on_a_run(fake_run, toy_resnet_ckpt, tmp_path):
-    from ldvce.explain import explain_command
+    from ldvce.explain import run_explain
     hrh = tmp_path / "hrh"
     hrh.mkdir()
     np.save(hrh / "img0.npy", np.pad(np.ones((8, 16), np.int32), ((20, 4), (8, 8))))  # 32×32
-    s = explain_command(_args("explain", str(fake_run), "--classifier", str(toy_resnet_ckpt),
-                              "--composites", ",".join(COMPS), "--hrh", str(hrh)))
+    s = run_explain(fake_run, toy_resnet_ckpt, composites=",".join(COMPS), hrh=hrh)
     assert s["n"] == 2 and [e["image"] for e in s["images"]] == ["img1", "img0"]  # manifest order
     for k in range(2):
         d = fake_run / f"img{k}"
@@ -105,7 +100,7 @@ def test_explain_command_on_a_run(fake_run, toy_resnet_ckpt, tmp_path):
 
 def test_explain_plain_folder_and_linear_model(tmp_path, toy_images):
     from classifier.models import LinearClassifier, export_safetensors
-    from ldvce.explain import explain_command
+    from ldvce.explain import run_explain
     folder = tmp_path / "imgs"
     folder.mkdir()
     neg, pos = toy_images
@@ -115,8 +110,7 @@ def test_explain_plain_folder_and_linear_model(tmp_path, toy_images):
     torch.manual_seed(0)
     ckpt = export_safetensors(LinearClassifier(input_dim=32, hidden=32), tmp_path / "lin.safetensors")
     out = tmp_path / "out"
-    s = explain_command(_args("explain", str(folder), "--classifier", str(ckpt), "--composites",
-                              "epsilon_plus_flat", "--out", str(out)))
+    s = run_explain(folder, ckpt, composites="epsilon_plus_flat", out=out)
     assert s["kind"] == "folder" and s["n"] == 2
     for i in ("a", "b"):
         a = np.load(out / i / "heatmap_epsilon_plus_flat_pre.npy")
@@ -126,9 +120,8 @@ def test_explain_plain_folder_and_linear_model(tmp_path, toy_images):
 
 
 def test_crp_command_local_on_a_run(fake_run, toy_resnet_ckpt, tmp_path):
-    from ldvce.explain import crp_command
-    s = crp_command(_args("crp", "local", "--classifier", str(toy_resnet_ckpt), "--run",
-                          str(fake_run), "--out", str(tmp_path / "crp"), "--top", "3"))
+    from ldvce.explain import run_crp
+    s = run_crp("local", toy_resnet_ckpt, run=fake_run, out=tmp_path / "crp", top=3)
     out = tmp_path / "crp" / "local"
     assert s["kind"] == "pairs" and s["n"] == 2
     for k in range(2):
@@ -142,28 +135,24 @@ def test_crp_command_local_on_a_run(fake_run, toy_resnet_ckpt, tmp_path):
 
 
 def test_crp_command_global_on_toyfaces(toy_resnet_ckpt, tmp_path):
-    from ldvce.explain import crp_command
+    from ldvce.explain import run_crp
     from ldvce.toyworld import toy_data
-    r = crp_command(_args("crp", "global", "--classifier", str(toy_resnet_ckpt), "--data",
-                          str(toy_data()), "--layers", "net.layer4", "--n", "24", "--top", "2",
-                          "--out", str(tmp_path / "g")))
+    r = run_crp("global", toy_resnet_ckpt, data=toy_data(), layers="net.layer4", n=24, top=2,
+                out=tmp_path / "g")
     out = tmp_path / "g" / "global"
     assert r["n"] == 24 and len(r["layers"]["net.layer4"]) == 2
     assert (out / "global_Smiling.png").exists() and (out / "global_Smiling.json").exists()
 
 
 def test_library_calls_as_the_demo_makes_them(fake_run, toy_resnet_ckpt, tmp_path):
-    """explain_run with a loaded model and a panel path; crp_command with a loaded model and
-    ``max_pairs`` in the namespace (how ldvce.demo and the notebooks call them)."""
-    import argparse
+    """explain_run with a loaded model and a panel path; run_crp with a loaded model and
+    ``max_pairs`` (how ldvce.demo and the notebooks call them)."""
     from classifier.models import load_classifier
-    from ldvce.explain import crp_command, explain_run
+    from ldvce.explain import explain_run, run_crp
     clf = load_classifier(toy_resnet_ckpt)
     s = explain_run(fake_run, clf, ["epsilon_plus_flat"], "Smiling", "logit",
                     panel_path=tmp_path / "overview.png", progress=False)
     assert s["panels"] == [str(tmp_path / "overview.png")] and (tmp_path / "overview.png").exists()
-    args = argparse.Namespace(mode="local", classifier=None, model=clf, attribute="Smiling",
-                              run=str(fake_run), data=None, attr_file=None, layers="net.layer4",
-                              top=2, n=0, out=str(tmp_path / "crp"), device="cpu", max_pairs=1)
-    r = crp_command(args)
+    r = run_crp("local", clf, run=fake_run, layers="net.layer4", top=2, out=tmp_path / "crp",
+                max_pairs=1)
     assert r["n"] == 1 and len(list((tmp_path / "crp" / "local").glob("*_crp.png"))) == 1

@@ -90,6 +90,7 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
             valid[oracle_attributes] = True
         per["mnac"] = mnac(before, after, t_idx, valid)
         per["oracle_flipped"] = ((after[:, t_idx] > 0) != (before[:, t_idx] > 0)).float()
+        changed = oracle_changes(before, after, t_idx, valid)
     if masks is not None:
         region = masks[attribute]
         loc = []
@@ -104,7 +105,27 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
     metrics["attribute"] = attribute
     metrics["per_image"] = {it.image_id: {k: float(v[i]) for k, v in per.items()}
                             for i, it in enumerate(items)}
+    if oracle is not None:  # MNAC explained: which attributes the oracle saw change, and how often
+        for i, it in enumerate(items):
+            metrics["per_image"][it.image_id]["oracle_changed"] = changed[i]
+        totals: dict[str, int] = {}
+        for names in changed:
+            for n in names:
+                totals[n] = totals.get(n, 0) + 1
+        metrics["oracle_changed"] = dict(sorted(totals.items(), key=lambda kv: -kv[1]))
     return metrics
+
+
+def oracle_changes(before: torch.Tensor, after: torch.Tensor, target_index: int,
+                   valid: torch.Tensor | None = None) -> list[list[str]]:
+    """Per image, the names of the oracle attributes whose decision (logit > 0) changed, the
+    query attribute excluded: the attributes :func:`mnac` counts."""
+    from classifier.attributes import ATTRIBUTES
+    ch = (before > 0) != (after > 0)
+    ch[:, target_index] = False
+    if valid is not None:
+        ch &= valid[None]
+    return [[ATTRIBUTES[k] for k in row.nonzero().flatten().tolist()] for row in ch]
 
 
 def _size(it: RunItem) -> int | None:
@@ -124,5 +145,9 @@ def format_table(metrics: dict) -> str:
     keys = [k for k in ("n", "flip_rate", "l1", "l2", "ssim", "mnac", "oracle_flipped",
                         "localization") if k in metrics]
     w = max(len(k) for k in keys)
-    return "\n".join(f"{k:<{w}}  {metrics[k]:.4f}" if isinstance(metrics[k], float)
-                     else f"{k:<{w}}  {metrics[k]}" for k in keys)
+    lines = [f"{k:<{w}}  {metrics[k]:.4f}" if isinstance(metrics[k], float)
+             else f"{k:<{w}}  {metrics[k]}" for k in keys]
+    if metrics.get("oracle_changed") is not None:
+        ch = ", ".join(f"{k} {v}" for k, v in metrics["oracle_changed"].items()) or "none"
+        lines.append(f"{'oracle saw change':<{w}}  {ch} (images; per image in metrics.json)")
+    return "\n".join(lines)

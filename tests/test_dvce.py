@@ -185,3 +185,52 @@ def test_gpu_benchmark_is_skipped_with_a_message_on_cpu(capsys):
         pytest.skip("a GPU is present: the benchmark would run for real")
     assert run_generate(n=2, gpu=True, device="cpu") is None
     assert "no CUDA GPU" in capsys.readouterr().out
+
+
+def test_guided_margin_retries_until_the_logit_is_past_it(problem):
+    """A sample that flips but stays below the margin is retried with the next scale; the
+    margin never changes what `flipped` means."""
+    x = _images(2)
+    t = torch.ones(2)
+    opts = dict(num_steps=4, scale=0.3, retry_scales=(0.6, 1.2))
+    plain = get_sampler("guided")(problem, x, t, **opts)
+    strict = get_sampler("guided")(problem, x, t, margin=50.0, **opts)
+    assert strict.info["scale"] == pytest.approx([1.2, 1.2])  # a 50-logit margin is never met: every scale tried
+    assert plain.info["scale"][0] <= strict.info["scale"][0]
+    logit = problem.logit(strict.counterfactual)
+    assert strict.flipped.tolist() == (logit > 0).tolist()
+
+
+def test_guided_views_are_fixed_transforms():
+    from dvce.samplers import VIEWS, _view
+    img = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    assert torch.equal(_view(img, False, 0, 0), img)
+    assert torch.equal(_view(img, True, 0, 0), img.flip(-1))
+    shifted = _view(img, False, 2, 0)  # content moves right by 2, the left edge replicated
+    assert torch.equal(shifted[..., 2:], img[..., :-2]) and torch.equal(shifted[..., 0], img[..., 0])
+    assert len(set(VIEWS)) == len(VIEWS) and VIEWS[0] == (False, 0, 0)
+
+
+def test_guided_views_change_the_guidance_and_stay_deterministic(problem):
+    x, t = _images(2, seed=3), torch.ones(2)
+    opts = dict(num_steps=4, retry_scales=(), views=4)
+    a = get_sampler("guided")(problem, x, t, **opts)
+    b = get_sampler("guided")(problem, x, t, **opts)
+    one = get_sampler("guided")(problem, x, t, num_steps=4, retry_scales=())
+    assert torch.equal(a.counterfactual, b.counterfactual)
+    assert not torch.equal(a.counterfactual, one.counterfactual)
+    with pytest.raises(ValueError, match="views"):
+        get_sampler("guided")(problem, x, t, views=99)
+
+
+def test_oracle_changes_name_the_attributes():
+    from dvce.metrics import mnac, oracle_changes
+    before = torch.full((2, 40), -1.0)
+    after = before.clone()
+    after[0, 22] = 1.0   # Mustache appears on image 0
+    after[1, 31] = 1.0   # Smiling (the query) changes on image 1: not counted
+    after[1, 5] = 1.0    # Bangs, outside the valid set
+    valid = torch.zeros(40, dtype=torch.bool)
+    valid[[22, 31]] = True
+    assert oracle_changes(before, after, 31, valid) == [["Mustache"], []]
+    assert mnac(before, after, 31, valid).tolist() == [1.0, 0.0]

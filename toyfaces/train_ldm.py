@@ -1,7 +1,7 @@
 """Train the toyfaces latent diffusion model: a small VQModel (f4, 3 latent channels, like
 CompVis's) and a small UNet2DModel with CompVis's DDIM schedule, saved as a diffusers folder.
 
-Recipe (chosen to converge on 2 CPU cores, DESIGN.md §8):
+Recipe (chosen to converge on 2 CPU cores in about 80 minutes):
 1. VQ autoencoder warm-up *without* the quantiser (L1 + MSE, tiny latent penalty), cosine LR.
 2. k-means initialisation of the codebook on encoder latents, then fine-tuning *with* the
    quantiser (straight-through) and dead-code resets, so the decoder learns quantised inputs.
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dvce.ldm import COMPVIS_SCHEDULE, toy_unet_config, toy_vq_config
+from dvce.ldm import COMPVIS_SCHEDULE
+from toyfaces.ldm import toy_unet_config, toy_vq_config
 
 
 @dataclass

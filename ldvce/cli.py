@@ -206,7 +206,7 @@ def cmd_study(a):
 
 def cmd_demo(a):
     from ldvce.demo import run_demo
-    run_demo(a.out, quick=a.quick)
+    run_demo(a.out, quick=a.quick, retrain=a.retrain)
 
 
 def cmd_bench(a):
@@ -345,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = _sub(sub, "demo", "the whole pipeline on the toy world; writes overview.png, report.html")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--quick", action="store_true", help="fewer images (used by tests)")
+    s.add_argument("--retrain", action="store_true",
+                   help="train the toy ResNet and the oracle here (renders 12000 faces, several "
+                        "minutes on 2 cores) instead of using the weights shipped in "
+                        "toyfaces/weights/classifiers")
     s.set_defaults(func=cmd_demo)
 
     s = _sub(sub, "bench", "benchmarks that print side-by-side ratios")

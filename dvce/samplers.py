@@ -75,7 +75,7 @@ def seed_ldvce(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, lr: f
                max_iter: int = 20, l1_weight: float = 10.0, margin: float = 1.0,
                num_steps: int = 100, t_start: int = 780, full_backprop: bool = False,
                checkpoint: bool = True, progress: Callable | None = None) -> CFBatch:
-    """The seed's lDVCE (DESIGN.md §5.1): Adam on the DDIM-inverted start latent through the whole
+    """The seed's lDVCE: Adam on the DDIM-inverted start latent through the whole
     DDIM chain; loss |logit - (±margin)| + l1_weight · mean|x' - x|; stop at the first flip.
 
     The UNet runs under ``no_grad`` unless ``full_backprop`` (then with gradient checkpointing).
@@ -153,7 +153,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
            num_steps: int = 20, t_start: int = 500, mask: bool = True,
            mask_fraction: float = 0.025, mask_dilate: int = 3, mask_from: int = 3,
            guide_tail: int = 0, progress: Callable | None = None) -> CFBatch:
-    """Latent guided DDIM (FastDiME / MaskDiME / LDCE ideas in latent space, DESIGN.md §5.2).
+    """Latent guided DDIM (FastDiME / MaskDiME / LDCE ideas in latent space).
 
     Invert to ``t_start`` once, then denoise with classifier guidance on the decoded one-step
     estimate x̂0 (no nested chain): g = ∇_{x̂0} [BCE(logit(D(x̂0)), target) + l1_weight·|D(x̂0) − x|],

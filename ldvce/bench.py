@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-# The configurations compared. SEED_FAITHFUL is DESIGN.md §5.1 (with its off-by-one fixed);
+# The configurations compared. SEED_FAITHFUL is the seed's method (with its off-by-one fixed);
 # BEST is what `ldvce generate` uses by default.
 SEED_FAITHFUL = dict(method="seed", batch_size=1,
                      options=dict(lr=0.07, max_iter=20, l1_weight=10.0, num_steps=100, t_start=780))
@@ -270,5 +269,6 @@ def bench_command(a) -> None:
         r = bench_generate_toy(a.n, _device(a.device))
         _print_generate(r)
     if a.json:
-        Path(a.json).write_text(json.dumps(r, indent=2, default=str))
+        from fileio import write_json
+        write_json(a.json, r)
         print(f"wrote {a.json}")

@@ -1,12 +1,28 @@
-"""LightningDataModule over :class:`CelebHQAttrDataset` (CelebA-HQ LMDB or a toyfaces folder)."""
+"""LightningDataModule over :class:`CelebHQAttrDataset` (an LMDB or a dataset folder)."""
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
+from typing import Callable
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from classifier.dataset import CelebHQAttrDataset
+from classifier.dataset import CelebHQAttrDataset, dataset_files
+
+
+def import_callable(dotted: str) -> Callable:
+    """The function named by ``"package.module.function"`` (how configs name code)."""
+    module, _, name = str(dotted).rpartition(".")
+    if not module:
+        raise ValueError(f"{dotted!r} is not an import path of the form package.module.function")
+    try:
+        fn = getattr(import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import {dotted!r}: {e}") from e
+    if not callable(fn):
+        raise ValueError(f"{dotted!r} is not callable")
+    return fn
 
 
 class CelebHQDataModule(pl.LightningDataModule):
@@ -14,34 +30,37 @@ class CelebHQDataModule(pl.LightningDataModule):
 
     Parameters
     ----------
-    data_path : the LMDB (``celebahq256.lmdb``) or a toyfaces folder (then ``attr_path`` may be
-        omitted: the folder holds both files).
+    data_path : the LMDB (``celebahq256.lmdb``) or a dataset folder (one ``*.lmdb`` beside
+        ``CelebAMask-HQ-attribute-anno.txt``; then ``attr_path`` may be omitted).
     attr_path : ``CelebAMask-HQ-attribute-anno.txt``.
     image_size : model input size (images are resized/cropped to it).
-    toy_make : when ``data_path`` is a toyfaces folder that does not exist yet, render it with
-        this many images (``toy_seed`` seeds it) instead of failing.
+    make_with : import path of a function ``f(folder, n=, seed=, size=)`` that writes a dataset
+        folder; called when ``data_path`` does not exist yet, instead of failing (the toy configs
+        name ``toyfaces.make_dataset``, which renders the toy world).
+    make_n, make_seed : how many images ``make_with`` renders, and its seed.
     """
 
     def __init__(self, data_path: str, attr_path: str | None = None, image_size: int = 256,
-                 batch_size: int = 64, num_workers: int = 0, toy_make: int = 0, toy_seed: int = 0):
+                 batch_size: int = 64, num_workers: int = 0, make_with: str | None = None,
+                 make_n: int = 0, make_seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.data_path, self.attr_path = data_path, attr_path
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
-        self.toy_make, self.toy_seed = toy_make, toy_seed
+        self.make_with, self.make_n, self.make_seed = make_with, make_n, make_seed
 
-    def _paths(self):
+    def _paths(self) -> tuple[Path, Path]:
         p = Path(self.data_path)
-        if p.suffix != ".lmdb" and self.attr_path is None:
-            import toyfaces
-            if not toyfaces.is_complete(p):
-                if not self.toy_make:
-                    raise FileNotFoundError(f"no dataset at {p} (set toy_make: N to render a toy one)")
-                toyfaces.make_dataset(p, n=self.toy_make, seed=self.toy_seed, size=self.image_size)
-            return toyfaces.paths(p)
-        if self.attr_path is None:
-            raise ValueError("attr_path (CelebAMask-HQ-attribute-anno.txt) is required with an LMDB")
-        return Path(self.data_path), Path(self.attr_path)
+        try:
+            return dataset_files(p, self.attr_path)
+        except FileNotFoundError as e:
+            if not self.make_with:
+                raise FileNotFoundError(f"{e} (set make_with and make_n to render a dataset "
+                                        f"there, e.g. make_with: toyfaces.make_dataset)") from e
+        if self.make_n <= 0:
+            raise ValueError(f"make_with={self.make_with!r} needs make_n > 0 images")
+        import_callable(self.make_with)(p, n=self.make_n, seed=self.make_seed, size=self.image_size)
+        return dataset_files(p, self.attr_path)
 
     def prepare_data(self):
         self._paths()

@@ -1,4 +1,4 @@
-"""CelebA-HQ attributes over the diffae LMDB (and the toyfaces world, which uses the same files)."""
+"""CelebA-HQ attributes over the diffae LMDB layout (any dataset written in the same files)."""
 from __future__ import annotations
 
 import os
@@ -11,9 +11,40 @@ from torch.utils.data import Dataset
 from classifier.attributes import ATTRIBUTES, attribute_index, attribute_name
 from classifier.images import decode_image, pil_to_tensor
 from classifier.lmdb_store import image_key, lmdb_info, open_lmdb
+from fileio import atomic_write_text
 
 # The seed's split by row of the attribute file, as fractions (30000 rows -> 24000/3000/3000).
 SPLIT_FRACTIONS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0), "all": (0.0, 1.0)}
+ATTRIBUTE_FILE = "CelebAMask-HQ-attribute-anno.txt"
+
+
+def dataset_files(data: str | os.PathLike, attr_file: str | os.PathLike | None = None
+                  ) -> tuple[Path, Path]:
+    """(LMDB, attribute file) of a dataset given as an LMDB or as a dataset folder.
+
+    ``data`` is either an LMDB (``celebahq256.lmdb``; then ``attr_file`` is required) or a
+    *dataset folder* in the CelebA-HQ layout: exactly one ``*.lmdb`` beside
+    ``CelebAMask-HQ-attribute-anno.txt`` (the layout ``toyfaces`` writes, and a tidy way to keep
+    the real data). ``attr_file`` overrides the folder's attribute file.
+    """
+    p = Path(data)
+    is_lmdb = p.suffix == ".lmdb" or (p / "data.mdb").exists()
+    if is_lmdb:
+        if attr_file is None:
+            raise ValueError(f"{p} is an LMDB: the attribute file ({ATTRIBUTE_FILE}) must be given "
+                             f"too (attr_path / --attr-file)")
+        return p, Path(attr_file)
+    if not p.is_dir():
+        raise FileNotFoundError(f"no dataset at {p}: expected an LMDB or a folder holding one "
+                                f"*.lmdb and {ATTRIBUTE_FILE}")
+    lmdbs = sorted(p.glob("*.lmdb"))
+    if len(lmdbs) != 1:
+        found = ", ".join(q.name for q in lmdbs) or "none"
+        raise FileNotFoundError(f"{p}: a dataset folder holds exactly one *.lmdb (found: {found})")
+    attr = Path(attr_file) if attr_file is not None else p / ATTRIBUTE_FILE
+    if not attr.exists():
+        raise FileNotFoundError(f"{p}: no attribute file {attr.name} beside {lmdbs[0].name}")
+    return lmdbs[0], attr
 
 
 def read_attribute_file(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
@@ -51,7 +82,7 @@ def write_attribute_file(path: str | os.PathLike, labels: np.ndarray, files: lis
     files = files or [f"{i}.jpg" for i in range(len(labels))]
     lines = [str(len(labels)), " ".join(ATTRIBUTES)]
     lines += [f"{f} " + " ".join(f"{int(v):d}" for v in row) for f, row in zip(files, labels)]
-    Path(path).write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def split_range(split: str | tuple[int, int], n: int) -> range:
@@ -71,7 +102,7 @@ class CelebHQAttrDataset(Dataset):
 
     Parameters
     ----------
-    lmdb_path : path to ``celebahq256.lmdb`` (diffae layout) or a toyfaces ``toyfaces.lmdb``.
+    lmdb_path : path to ``celebahq256.lmdb`` (diffae layout) or any LMDB in that layout.
     attr_path : path to ``CelebAMask-HQ-attribute-anno.txt``.
     split : ``"train"``, ``"val"``, ``"test"``, ``"all"`` or explicit ``(start, stop)`` rows.
     image_size : resize/crop to this size (default: the LMDB's own size).
@@ -82,9 +113,6 @@ class CelebHQAttrDataset(Dataset):
     "index": row}``. The LMDB is opened lazily in each process, so the dataset is safe to use with
     DataLoader workers and threads.
     """
-
-    id_to_cls = list(ATTRIBUTES)  # the seed's name for the attribute list
-    cls_to_id = {n: i for i, n in enumerate(ATTRIBUTES)}
 
     def __init__(self, lmdb_path, attr_path, split="all", image_size: int | None = None,
                  augment: bool | None = None, indices=None):

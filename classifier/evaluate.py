@@ -9,21 +9,15 @@ from torchmetrics.classification import MultilabelAUROC, MultilabelStatScores
 from tqdm import tqdm
 
 from classifier.attributes import NUM_ATTRIBUTES, attribute_index, attribute_name
-from classifier.dataset import CelebHQAttrDataset
+from classifier.dataset import CelebHQAttrDataset, dataset_files
 from classifier.images import save_image
 from classifier.models import attribute_table, load_classifier
 
 
 def dataset_for(data, attr_file=None, split="test", image_size=None) -> CelebHQAttrDataset:
-    """A dataset from an LMDB (+ attribute file) or a toyfaces folder."""
-    p = Path(data)
-    if p.suffix != ".lmdb" and attr_file is None:
-        import toyfaces
-        lmdb_path, attr_file = toyfaces.paths(p)
-    else:
-        lmdb_path = p
-        if attr_file is None:
-            raise ValueError("--attr-file is required with an LMDB")
+    """A dataset from an LMDB (+ attribute file) or a dataset folder (see
+    :func:`classifier.dataset.dataset_files`), without augmentation."""
+    lmdb_path, attr_file = dataset_files(data, attr_file)
     return CelebHQAttrDataset(lmdb_path, attr_file, split=split, image_size=image_size, augment=False)
 
 

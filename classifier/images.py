@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fileio import IMAGE_SUFFIXES, atomic_write_bytes, list_image_files  # noqa: F401 (re-exported)
+from fileio import atomic_write_bytes, list_image_files
 
 
 class UnreadableImageError(ValueError):

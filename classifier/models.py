@@ -1,7 +1,9 @@
 """The classifiers the counterfactuals explain: LinearClassifier (the seed's MLP) and
-ResNet50Classifier (torchvision ResNet with a 40-way head), as LightningModules.
+ResNetClassifier (torchvision ResNet10/18/34/50 with a 40-way head), as LightningModules.
 
 Both take [-1, 1] images and return 40 logits (multi-label, BCE with logits).
+``ResNet50Classifier`` is the seed's name of ``ResNetClassifier``; it stays an alias, so YAML
+configs (``class_path: classifier.models.ResNet50Classifier``) and checkpoints saved under it load.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MultilabelAUROC, MultilabelStatScores
 
-from classifier.attributes import ATTRIBUTES, NUM_ATTRIBUTES, attribute_index
+from classifier.attributes import ATTRIBUTES, NUM_ATTRIBUTES
 
 
 class AttributeClassifier(pl.LightningModule):
@@ -136,7 +138,7 @@ RESNET_ARCHS = ("resnet50", "resnet18", "resnet34", "resnet10")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-class ResNet50Classifier(AttributeClassifier):
+class ResNetClassifier(AttributeClassifier):
     """torchvision ResNet (resnet50 by default; resnet10/18/34 for the toy world) with a C-way head.
 
     ``pretrained`` loads torchvision's ImageNet weights *only if* they are already in the local
@@ -151,13 +153,16 @@ class ResNet50Classifier(AttributeClassifier):
     - ``pointwise_stages``: stages whose 3×3 convolutions become 1×1, as in BagNet (Brendel &
       Bethge, ICLR 2019). This bounds the receptive field, so each final cell (and the decision)
       is built from local evidence only.
+    - ``width``: channels of the stem and ``layer1`` (doubled at each later stage); torchvision's
+      64 by default. A narrower network keeps the architecture (depth, strides, receptive field)
+      at a fraction of the weights, e.g. the shipped toy oracle (ResNet18, width 16).
     """
 
     def __init__(self, num_classes: int = NUM_ATTRIBUTES, arch: str = "resnet50",
                  pretrained: bool = False, image_size: int = 256, lr: float = 1e-4,
                  weight_decay: float = 0.01, highlight: str = "Smiling", stem: str = "imagenet",
                  lr_schedule: str = "constant", output_stride: int = 32, pool: str = "avg",
-                 pointwise_stages: list[str] | None = None):
+                 pointwise_stages: list[str] | None = None, width: int = 64):
         super().__init__(num_classes, lr, weight_decay, highlight)
         if arch not in RESNET_ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {RESNET_ARCHS}")
@@ -171,20 +176,23 @@ class ResNet50Classifier(AttributeClassifier):
         unknown = [s for s in pointwise_stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown pointwise_stages {unknown}; choose from {STAGES}")
-        if pretrained and (arch == "resnet10" or pointwise_stages):
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive integer, got {width!r}")
+        if pretrained and (arch == "resnet10" or pointwise_stages or width != 64):
             raise ValueError("ImageNet weights exist only for the unmodified resnet18/34/50")
         self.save_hyperparameters({"num_classes": num_classes, "arch": arch, "pretrained": pretrained,
                                    "image_size": image_size, "lr": lr, "weight_decay": weight_decay,
                                    "highlight": highlight, "stem": stem,
                                    "lr_schedule": lr_schedule, "output_stride": output_stride,
-                                   "pool": pool, "pointwise_stages": pointwise_stages})
-        net = _torchvision_resnet(arch)
+                                   "pool": pool, "pointwise_stages": pointwise_stages,
+                                   "width": width})
+        net = _torchvision_resnet(arch, width)
         if pretrained:
             _load_imagenet_if_cached(net, arch)
         if stem == "small":
             # Small images (the 64² toy world): a 3×3 first convolution instead of 7×7 at the same
             # stride, so one first-layer unit (and LRP's Flat rule on it) covers a mouth-sized patch.
-            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
+            net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=2, padding=1, bias=False)
         _set_output_stride(net, output_stride)
         for stage in pointwise_stages:
             _make_pointwise(getattr(net, stage))
@@ -197,17 +205,44 @@ class ResNet50Classifier(AttributeClassifier):
     def architecture(self) -> str:
         hp = self.hparams
         extra = "".join(f", {k}={hp.get(k)}" for k, default in
-                        (("output_stride", 32), ("pool", "avg"), ("pointwise_stages", []))
+                        (("output_stride", 32), ("pool", "avg"), ("pointwise_stages", []),
+                         ("width", 64))
                         if hp.get(k, default) != default)
-        return f"ResNet50Classifier(arch={hp.arch}{extra})"
+        return f"ResNetClassifier(arch={hp.arch}{extra})"
 
 
-def _torchvision_resnet(arch: str) -> nn.Module:
+#: The seed's name of :class:`ResNetClassifier` (configs and checkpoints that use it still load).
+ResNet50Classifier = ResNetClassifier
+
+_RESNET_BLOCKS = {"resnet10": ("BasicBlock", [1, 1, 1, 1]), "resnet18": ("BasicBlock", [2, 2, 2, 2]),
+                  "resnet34": ("BasicBlock", [3, 4, 6, 3]), "resnet50": ("Bottleneck", [3, 4, 6, 3])}
+
+
+def _torchvision_resnet(arch: str, width: int = 64) -> nn.Module:
+    """torchvision's ResNet of ``arch`` (resnet10: one BasicBlock per stage, a class torchvision
+    has without the name) with ``width`` channels in the stem and ``layer1``."""
     import torchvision
-    if arch == "resnet10":  # one BasicBlock per stage; torchvision has the class, not the name
-        from torchvision.models.resnet import BasicBlock, ResNet
-        return ResNet(BasicBlock, [1, 1, 1, 1])
-    return getattr(torchvision.models, arch)(weights=None)
+    from torchvision.models import resnet as tv
+    block, layers = _RESNET_BLOCKS[arch]
+    block = getattr(tv, block)
+    net = tv.ResNet(block, layers) if arch == "resnet10" else getattr(torchvision.models, arch)(weights=None)
+    if width != 64:
+        # torchvision fixes the widths at 64·2^k; rebuild stem, stages and head narrower with its
+        # own stage builder and initialisation, so only the channel counts differ.
+        net.inplanes = width
+        net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        net.bn1 = net._norm_layer(width)
+        for i, n_blocks in enumerate(layers):
+            setattr(net, f"layer{i + 1}", net._make_layer(block, width * 2 ** i, n_blocks,
+                                                         stride=1 if i == 0 else 2))
+        net.fc = nn.Linear(width * 8 * block.expansion, net.fc.out_features)
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+    return net
 
 
 def _set_output_stride(net: nn.Module, output_stride: int) -> None:
@@ -269,7 +304,14 @@ def _load_imagenet_if_cached(net: nn.Module, arch: str) -> None:
     net.load_state_dict(torch.load(cache, map_location="cpu"))
 
 
-CLASSIFIERS = {"LinearClassifier": LinearClassifier, "ResNet50Classifier": ResNet50Classifier}
+CLASSIFIERS = {"LinearClassifier": LinearClassifier, "ResNetClassifier": ResNetClassifier}
+#: Former class names -> current ones (checkpoints and configs keep their recorded name).
+CLASS_ALIASES = {"ResNet50Classifier": "ResNetClassifier"}
+
+
+def canonical_class(name: str) -> str:
+    """The current name of a classifier class given any name it was saved under."""
+    return CLASS_ALIASES.get(name, name)
 
 
 class CheckpointMismatchError(ValueError):
@@ -278,7 +320,7 @@ class CheckpointMismatchError(ValueError):
 
 def _describe(cls_name: str, hp: dict) -> str:
     keys = {"LinearClassifier": ("input_dim", "num_classes"),
-            "ResNet50Classifier": ("arch", "num_classes", "stem")}.get(cls_name, ("num_classes",))
+            "ResNetClassifier": ("arch", "num_classes", "stem", "width")}.get(cls_name, ("num_classes",))
     return f"{cls_name}(" + ", ".join(f"{k}={hp.get(k)}" for k in keys) + ")"
 
 
@@ -302,12 +344,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def checkpoint_class(ckpt: dict) -> str:
-    """Which classifier class a checkpoint was saved from (from its keys and hyper-parameters)."""
+    """Which classifier class a checkpoint was saved from (from its keys and hyper-parameters),
+    by its current name (``ResNet50Classifier`` checkpoints give ``ResNetClassifier``)."""
     if ckpt.get("ldvce_class"):
-        return ckpt["ldvce_class"]
+        return canonical_class(ckpt["ldvce_class"])
     hp = ckpt.get("hyper_parameters", {})
     if "arch" in hp or any(k.startswith("net.conv1") for k in ckpt["state_dict"]):
-        return "ResNet50Classifier"
+        return "ResNetClassifier"
     return "LinearClassifier"
 
 
@@ -315,16 +358,20 @@ def load_classifier(path: str | os.PathLike, expect: str | None = None, map_loca
                     **expect_hparams) -> AttributeClassifier:
     """Load a classifier checkpoint (``.ckpt`` from Lightning or exported ``.safetensors``).
 
-    ``expect`` (class name) and ``expect_hparams`` (e.g. ``num_classes=40``, ``arch="resnet50"``)
+    ``expect`` (class name, former names accepted) and ``expect_hparams`` (e.g. ``num_classes=40``, ``arch="resnet50"``)
     are checked against what the checkpoint holds; a mismatch raises
     :class:`CheckpointMismatchError` naming both. The model comes back in eval mode.
     """
     ckpt = read_checkpoint(path)
     found = checkpoint_class(ckpt)
+    if found not in CLASSIFIERS:
+        raise CheckpointMismatchError(f"{path} holds an unknown classifier class {found!r}; "
+                                      f"known: {', '.join(CLASSIFIERS)}")
+    expect = canonical_class(expect) if expect is not None else None
     hp = dict(ckpt.get("hyper_parameters", {}))
     sd = ckpt["state_dict"]
     if "num_classes" not in hp:
-        hp["num_classes"] = int(sd["net.fc.weight" if found == "ResNet50Classifier"
+        hp["num_classes"] = int(sd["net.fc.weight" if found == "ResNetClassifier"
                                    else "net.4.weight"].shape[0])
     wanted = dict(expect_hparams)
     if "input_dim" in wanted and wanted["input_dim"] is not None:
@@ -356,8 +403,3 @@ def export_safetensors(model: AttributeClassifier, path: str | os.PathLike) -> P
     save_file(sd, str(path), metadata={"class": type(model).__name__,
                                        "hyper_parameters": json.dumps(dict(model.hparams))})
     return path
-
-
-def target_logit(logits: torch.Tensor, attribute: str | int) -> torch.Tensor:
-    """The logit of one attribute, (B, 40) -> (B,)."""
-    return logits[:, attribute_index(attribute)]

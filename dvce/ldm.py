@@ -1,11 +1,16 @@
-"""Loading latent diffusion models: CompVis/ldm-celebahq-256 (hub id or local folder) or the toy LDM.
+"""Loading latent diffusion models: CompVis/ldm-celebahq-256 (hub id or local folder) or a
+model registered under a short name (``"toy"``, registered by ``import toyfaces``).
 
 The model exchange format is the diffusers folder (``model_index.json``, ``vqvae/``, ``unet/``,
 ``scheduler/``), exactly as CompVis publishes it. We own the sampling loop instead of using
-``LDMPipeline`` because of the latent-scale trap (DESIGN.md §5.3, diffusers issue #6725): the
-CompVis VQ config has no ``scaling_factor``, diffusers then assumes 0.18215, but the true scale
-is 1.0. Rule here: the scale is the ``scaling_factor`` *written in* ``vqvae/config.json``, and
-1.0 when the file does not name one.
+``LDMPipeline`` because of the latent-scale trap (diffusers issue #6725): the CompVis VQ config
+has no ``scaling_factor``, diffusers then assumes 0.18215, but the true scale is 1.0. Rule here:
+the scale is the ``scaling_factor`` *written in* ``vqvae/config.json``, and 1.0 when the file
+does not name one.
+
+Registered names keep this module free of any one model's location: a package that ships a model
+calls :func:`register_ldm` when it is imported (``toyfaces`` registers ``"toy"``; the ``ldvce``
+command imports it). torch is imported only when a model is built, so registering costs nothing.
 """
 from __future__ import annotations
 
@@ -13,12 +18,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 COMPVIS_ID = "CompVis/ldm-celebahq-256"
-TOY_NAME = "toy"
-TOY_WEIGHTS = Path(__file__).resolve().parents[1] / "toyfaces" / "weights" / "toy-ldm"
+
+# name -> resolver returning the diffusers folder of a registered model (see register_ldm)
+_REGISTRY: dict[str, Callable[[], str | os.PathLike]] = {}
+# names whose plug-in is known but maybe not imported: the error says what to import
+_PLUGIN_HINTS = {"toy": "toyfaces"}
 
 # CompVis's DDIM schedule for ldm-celebahq-256 (scheduler/scheduler_config.json).
 COMPVIS_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
@@ -44,24 +54,27 @@ COMPVIS_UNET_CONFIG = dict(sample_size=64, in_channels=3, out_channels=3, act_fn
                            norm_num_groups=32, time_embedding_type="positional")
 
 
-def toy_vq_config(codebook: int = 512, widths: tuple = (16, 32, 32)) -> dict:
-    """Small VQModel with CompVis's structure (f4: three blocks, 3 latent channels)."""
-    return dict(in_channels=3, out_channels=3, act_fn="silu", latent_channels=3,
-                block_out_channels=widths, layers_per_block=1,
-                down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                norm_num_groups=8, num_vq_embeddings=codebook, sample_size=64, vq_embed_dim=3)
-
-
-def toy_unet_config(latent_size: int = 16) -> dict:
-    return dict(sample_size=latent_size, in_channels=3, out_channels=3, act_fn="silu",
-                layers_per_block=1, block_out_channels=(64, 96, 128), attention_head_dim=32,
-                down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-                up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=16,
-                flip_sin_to_cos=True, freq_shift=0)
-
-
 class LDMNotAvailableError(RuntimeError):
     """The requested LDM weights are not on this machine (clear message with the way out)."""
+
+
+def register_ldm(name: str, resolver: Callable[[], str | os.PathLike]) -> None:
+    """Make ``load_ldm(name)`` (and ``--ldm name``) load the diffusers folder ``resolver()`` returns.
+
+    ``resolver`` is called at load time, so it may check or fetch the files and raise
+    :class:`LDMNotAvailableError` with the way to get them. Names must not contain ``/`` (they
+    would read as hub ids); registering a name again replaces it.
+    """
+    if not name or "/" in name or os.sep in name:
+        raise ValueError(f"an LDM name must be a plain word, got {name!r}")
+    if not callable(resolver):
+        raise TypeError(f"resolver for {name!r} must be callable, got {type(resolver).__name__}")
+    _REGISTRY[name] = resolver
+
+
+def registered_ldms() -> list[str]:
+    """The short names :func:`load_ldm` accepts besides hub ids and folders."""
+    return sorted(_REGISTRY)
 
 
 @dataclass
@@ -109,52 +122,71 @@ def latent_scale_of(vq_config_path: Path | None, vqvae) -> float:
     return float(getattr(vqvae, "_ldvce_latent_scale", 1.0))
 
 
+def _offline_choices() -> str:
+    names = registered_ldms()
+    if names:
+        return "or use a registered offline model: " + ", ".join(f"--ldm {n}" for n in names)
+    return "or register an offline model (`import toyfaces` registers --ldm toy)"
+
+
 def _missing_message(source: str, err: Exception) -> str:
     return (f"cannot load the latent diffusion model {source!r}: the weights are not on this machine "
             f"and cannot be downloaded (offline or no network: {type(err).__name__}).\n"
             f"Get them once with network access:\n"
             f"    huggingface-cli download {COMPVIS_ID} --local-dir /path/to/ldm-celebahq-256\n"
-            f"then pass that folder (--ldm /path/to/ldm-celebahq-256), or use the shipped offline "
-            f"model with --ldm {TOY_NAME}.")
+            f"then pass that folder (--ldm /path/to/ldm-celebahq-256), {_offline_choices()}.")
+
+
+def _check_folder(p: Path, source: str) -> Path:
+    if not (p / "unet").is_dir() or not (p / "vqvae").is_dir():
+        raise LDMNotAvailableError(f"{p} (from {source!r}) is not a diffusers LDM folder (needs "
+                                   f"vqvae/, unet/, scheduler/ as in {COMPVIS_ID})")
+    return p
 
 
 def resolve_source(source: str | os.PathLike) -> tuple[str, Path | None]:
-    """(description, local folder or None for a hub id)."""
+    """(description, local folder or None for a hub id).
+
+    Order: a registered name (:func:`register_ldm`), an existing local folder, a hub id
+    (``owner/name``).
+    """
     s = str(source)
-    if s == TOY_NAME:
-        if not (TOY_WEIGHTS / "unet").exists():
-            raise LDMNotAvailableError(f"the toy LDM is missing at {TOY_WEIGHTS}; train it with "
-                                       f"`ldvce toy train-ldm {TOY_WEIGHTS}`")
-        return s, TOY_WEIGHTS
+    if s in _REGISTRY:
+        return s, _check_folder(Path(_REGISTRY[s]()), s)
     p = Path(s).expanduser()
     if p.exists():
-        if not (p / "unet").is_dir() or not (p / "vqvae").is_dir():
-            raise LDMNotAvailableError(f"{p} is not a diffusers LDM folder (needs vqvae/, unet/, "
-                                       f"scheduler/ as in {COMPVIS_ID})")
-        return s, p
+        return s, _check_folder(p, s)
     if s.count("/") == 1 and not s.startswith((".", "/")):
         return s, None
-    raise LDMNotAvailableError(f"LDM source {s!r} is neither a local folder, a hub id, nor "
-                               f"{TOY_NAME!r}")
+    hint = ""
+    if s in _PLUGIN_HINTS:
+        hint = (f"; {s!r} is registered by the {_PLUGIN_HINTS[s]} package: `import "
+                f"{_PLUGIN_HINTS[s]}` first (the ldvce command does)")
+    known = ", ".join(registered_ldms()) or "none"
+    raise LDMNotAvailableError(f"LDM source {s!r} is neither a registered name (registered: "
+                               f"{known}), a local folder, nor a hub id{hint}")
 
 
-def load_ldm(source: str | os.PathLike = COMPVIS_ID, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32) -> LDM:
+def load_ldm(source: str | os.PathLike = COMPVIS_ID, device="cpu", dtype=None) -> LDM:
     """Load a latent diffusion model.
 
     Parameters
     ----------
     source : ``"CompVis/ldm-celebahq-256"`` (hub id, from the local HF cache when offline), a local
-        diffusers folder, or ``"toy"`` for the shipped toyfaces LDM.
-    device, dtype : where and in which precision to put the networks.
+        diffusers folder, or a registered name (``"toy"``, the toyfaces LDM, once ``toyfaces`` is
+        imported).
+    device, dtype : where and in which precision (torch dtype, default float32) to put the
+        networks.
 
     Raises
     ------
     LDMNotAvailableError
         When the weights are not available, with the command that gets them.
     """
+    desc, folder = resolve_source(source)  # fails fast, before the heavy imports
+    import torch
     from diffusers import DDIMScheduler, UNet2DModel, VQModel
-    desc, folder = resolve_source(source)
+    dtype = torch.float32 if dtype is None else dtype
     if folder is None:  # hub id: only what is in the local cache when offline
         try:
             from huggingface_hub import snapshot_download
@@ -177,6 +209,7 @@ def load_ldm(source: str | os.PathLike = COMPVIS_ID, device: str | torch.device 
 def build_random_ldm(vq_config: dict, unet_config: dict, latent_scale: float = 1.0,
                      seed: int = 0) -> LDM:
     """An LDM with random weights of a given architecture (tests, GPU timing benchmarks)."""
+    import torch
     from diffusers import DDIMScheduler, UNet2DModel, VQModel
     torch.manual_seed(seed)
     vqvae, unet = VQModel(**vq_config), UNet2DModel(**unet_config)

@@ -21,14 +21,15 @@ from dvce.runfolder import RunItem
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
-    """Mean SSIM (Wang et al. 2004, uniform window) of (B, C, H, W) images in [0, 1]."""
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    pad = window // 2
-    mu = lambda t: F.avg_pool2d(t, window, 1, pad, count_include_pad=False)  # noqa: E731
-    ma, mb = mu(a), mu(b)
-    va, vb, cov = mu(a * a) - ma ** 2, mu(b * b) - mb ** 2, mu(a * b) - ma * mb
-    s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
-    return s.flatten(1).mean(1)
+    """Per-image mean SSIM (Wang et al. 2004) of (B, C, H, W) images in [0, 1], shape (B,).
+
+    torchmetrics' implementation with a uniform ``window``×``window`` window (scikit-image's
+    default; torchmetrics' own default is an 11-px Gaussian), K1 = 0.01, K2 = 0.03, data range 1.
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+    return structural_similarity_index_measure(b.float(), a.float(), gaussian_kernel=False,
+                                               kernel_size=window, data_range=1.0,
+                                               reduction="none")
 
 
 def localization(delta: np.ndarray, region: np.ndarray) -> float:

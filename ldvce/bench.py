@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -261,7 +260,8 @@ def _print_generate(r: dict) -> None:
 
 def _write_json(r: dict, path) -> None:
     if path:
-        Path(path).write_text(json.dumps(r, indent=2, default=str))
+        from fileio import write_json
+        write_json(path, r)
         print(f"wrote {path}")
 
 

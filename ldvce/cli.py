@@ -505,7 +505,7 @@ _script_command("study serve", "study.serve.server",
 
 # ------------------------------------------------------------------------------------ demo
 @CLI.command("demo")
-def demo(*, out: str = "runs/demo", quick: bool = False) -> dict:
+def demo(*, out: str = "runs/demo", quick: bool = False, retrain: bool = False) -> dict:
     """The whole pipeline on the toy world; writes overview.png, report.html.
 
     Parameters
@@ -514,9 +514,12 @@ def demo(*, out: str = "runs/demo", quick: bool = False) -> dict:
         Output folder.
     quick : bool
         Fewer images (used by tests).
+    retrain : bool
+        Train the toy classifier and the oracle here (renders the 12000 training faces; several
+        minutes) instead of using the weights shipped in toyfaces/weights/classifiers.
     """
     from ldvce.demo import run_demo
-    return run_demo(out, quick=quick)
+    return run_demo(out, quick=quick, retrain=retrain)
 
 
 # ----------------------------------------------------------------------------------- bench

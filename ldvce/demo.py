@@ -47,7 +47,8 @@ def oracle_switch_frames(run_dir: Path, oracle, attribute_idx: int) -> dict[str,
     return out
 
 
-def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None) -> dict:
+def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None,
+             retrain: bool = False) -> dict:
     from classifier.attributes import attribute_index
     from classifier.models import load_classifier
     from dvce import runner
@@ -64,14 +65,14 @@ def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None) 
     n = n_images or (4 if quick else 8)
     k = attribute_index(ATTRIBUTE)
 
-    _step("toy data (cached after the first run)")
-    toy_data()
+    _step("toy test data (cached after the first run)")
     test_data = toy_data(TEST_DATA)
     masks = toyfaces.load_masks(test_data)
 
-    _step("classifiers: toy ResNet and the oracle (trained once, then cached)")
-    clf = load_classifier(toy_classifier("toy_resnet")).requires_grad_(False)
-    oracle = load_classifier(toy_classifier("toy_oracle")).requires_grad_(False)
+    _step("classifiers: toy ResNet and the oracle ("
+          + ("training them here" if retrain else "shipped weights") + ")")
+    clf = load_classifier(toy_classifier("toy_resnet", retrain=retrain)).requires_grad_(False)
+    oracle = load_classifier(toy_classifier("toy_oracle", retrain=retrain)).requires_grad_(False)
     acc = classifier_accuracy(clf, test_data)
     _step(f"classifier accuracy on {ATTRIBUTE} (held-out seed): {acc:.3f}")
 

@@ -14,7 +14,6 @@ concepts with their reference images into ``OUT/global`` (cached under ``OUT/glo
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from dvce import runfolder
+from fileio import write_json
 from ldvce.devices import resolve_device as _device
 
 PANEL_ROWS = 12
@@ -185,7 +185,7 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
         "panels": panels, "images": images,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "explain_summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out_dir / "explain_summary.json", summary, indent=1)
     return summary
 
 
@@ -256,7 +256,7 @@ def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4
                           title=f"{it.image_id}: concepts whose relevance for "
                                 f"{res['attribute']} changed most")
             js = C.json_ready(res)
-            (out_dir / f"{it.image_id}_crp.json").write_text(json.dumps(js, indent=1))
+            write_json(out_dir / f"{it.image_id}_crp.json", js, indent=1)
             per_image[it.image_id] = {"logit_before": js["logit_before"], "logit_after": js["logit_after"],
                                  "changed": [e["concept"] for e in js["changed_overall"]]}
             for e in js["changed_overall"]:
@@ -270,14 +270,14 @@ def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4
             res = C.local_analysis(model, x, attribute, layers, top, composite)
             C.local_figure(res, x, out_dir / f"{image_id}_crp.png", title=image_id)
             js = C.json_ready(res)
-            (out_dir / f"{image_id}_crp.json").write_text(json.dumps(js, indent=1))
+            write_json(out_dir / f"{image_id}_crp.json", js, indent=1)
             per_image[image_id] = {"logit": js["logit"], "top": {
                 l: [C.concept_id(l, c) for c in v["channels"]] for l, v in js["layers"].items()}}
         kind = "images"
     summary = {"kind": kind, "attribute": attribute_name(attribute), "layers": layers,
                "composite": composite, "n": len(per_image), "images": per_image,
                "most_often_changed": sorted(counts.items(), key=lambda kv: -kv[1])[:20]}
-    (out_dir / "crp_local.json").write_text(json.dumps(summary, indent=1))
+    write_json(out_dir / "crp_local.json", summary, indent=1)
     return summary
 
 

@@ -1,11 +1,10 @@
 """One-call helpers for the notebooks in ``notebooks/`` (narrative and plots stay there)."""
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path  # noqa: F401 (the notebooks use nb.Path)
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from PIL import Image
 
 

@@ -1,9 +1,11 @@
-"""The cached toy world: datasets, classifiers and the oracle, made on first use and reused.
+"""The toy world's cached parts: datasets, and the toy classifiers (shipped, or trained here).
 
-Everything lives under the cache folder (``$LDVCE_CACHE`` or ``<repo>/.cache/ldvce``):
+The toy ResNet and the oracle are shipped with the package (``toyfaces/weights/classifiers/``,
+safetensors + hyper-parameters), so nothing is trained unless asked for. Everything made here
+lives under the cache folder (``$LDVCE_CACHE`` or ``<repo>/.cache/ldvce``):
 
     data/toy-train   classifier training data (seed 1)   data/toy-test   unseen-seed images (seed 7)
-    models/toy_resnet.ckpt  toy_linear.ckpt  toy_oracle.ckpt
+    models/<name>.ckpt   classifiers trained on this machine (retrain=True, or toy_linear)
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "classifier"
 
-# name -> config. The oracle differs in architecture (a plain ResNet18) and seed, like the
+# name -> config. The oracle differs in architecture (a plain, narrow ResNet18) and seed, like the
 # published protocol's separately trained oracle.
 TOY_CLASSIFIERS = {
     "toy_resnet": "toy_resnet.yaml",
@@ -29,6 +31,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LDVCE_CACHE", REPO / ".cache" / "ldvce"))
 
 
+def shipped_classifier(name: str) -> Path:
+    """Where the shipped weights of toy classifier ``name`` are (the file may not exist:
+    ``toy_linear``, 50 MB of weights, is not shipped)."""
+    import toyfaces
+    return toyfaces.WEIGHTS / "classifiers" / f"{name}.safetensors"
+
+
 def toy_data(name_n_seed=TRAIN_DATA, progress: bool = True) -> Path:
     """A toyfaces folder from the cache, rendered if missing."""
     import toyfaces
@@ -39,18 +48,31 @@ def toy_data(name_n_seed=TRAIN_DATA, progress: bool = True) -> Path:
     return path
 
 
-def toy_classifier(name: str = "toy_resnet", quiet: bool = True) -> Path:
-    """Checkpoint of a toy classifier, trained with the project's own training code if missing."""
+def toy_classifier(name: str = "toy_resnet", quiet: bool = True, retrain: bool = False) -> Path:
+    """Weights of a toy classifier: the shipped ones, or trained on this machine.
+
+    Parameters
+    ----------
+    name : ``toy_resnet``, ``toy_oracle`` or ``toy_linear``.
+    retrain : train now with the project's training code (``configs/classifier/<name>.yaml`` on
+        the rendered ``toy-train`` data, several minutes on 2 cores) instead of using the shipped
+        weights; the result replaces ``<cache>/models/<name>.ckpt``. A classifier that is not
+        shipped is trained once and then taken from the cache.
+    quiet : hide the training progress bar.
+    """
     if name not in TOY_CLASSIFIERS:
         raise KeyError(f"unknown toy classifier {name!r}; choose from {list(TOY_CLASSIFIERS)}")
+    shipped = shipped_classifier(name)
+    if not retrain and shipped.exists():
+        return shipped
     ckpt = cache_dir() / "models" / f"{name}.ckpt"
-    if ckpt.exists():
+    if not retrain and ckpt.exists():
         return ckpt
     from classifier.train import main as train_main
-    cfg = TOY_CLASSIFIERS[name]
     data = toy_data(TRAIN_DATA)
     root = cache_dir() / "runs" / name
-    args = ["--config", str(CONFIGS / cfg), "--data.data_path", str(data),
+    shutil.rmtree(root, ignore_errors=True)  # a fresh run: no version_N of an earlier one
+    args = ["--config", str(CONFIGS / TOY_CLASSIFIERS[name]), "--data.data_path", str(data),
             "--trainer.default_root_dir", str(root), "--run_name", name]
     if quiet:
         args += ["--trainer.enable_progress_bar", "false"]
@@ -76,13 +98,17 @@ def resolve_classifier(name_or_path: str) -> Path:
 
 def held_out_faces(n: int = 32, attribute: str = "Smiling"):
     """(images (n, 3, 64, 64) in [-1, 1], region masks (n, 64, 64) bool, rows): the first ``n``
-    test-split faces of the training world (never trained on), with ``attribute``'s ground truth."""
+    test-split faces of the training world (never trained on), with ``attribute``'s ground truth.
+
+    Rendered directly (the same pixels as the rows of the ``toy-train`` dataset), so the 12000
+    training faces need not exist.
+    """
+    import numpy as np
     import torch
     import toyfaces
-    from classifier import CelebHQAttrDataset
-    folder = toy_data()
-    lmdb, attr = toyfaces.paths(folder)
-    rows = CelebHQAttrDataset(lmdb, attr, split="test").indices[:n]
-    ds = CelebHQAttrDataset(lmdb, attr, indices=rows, image_size=64, augment=False)
-    x = torch.stack([ds[i]["img"] for i in range(len(ds))])
-    return x, toyfaces.load_masks(folder)[attribute][rows], rows
+    from classifier.dataset import split_range
+    _, total, seed = TRAIN_DATA
+    rows = list(split_range("test", total))[:n]
+    images, masks = toyfaces.render_rows(total, seed, rows)
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2).sub(0.5).div(0.5)
+    return x.contiguous(), masks[attribute], rows

@@ -1,7 +1,8 @@
 """User-study evaluation: export parsing, selection analysis, HRHs, heatmap-vs-HRH metrics.
 
 Entry points: :func:`evaluate_study` (library), ``python study/evalstudy.py`` (script) and
-``ldvce study eval`` (CLI). See DESIGN.md §4 (export format) and §7 (metrics).
+``ldvce study eval`` (CLI). The export format is documented in :mod:`study.export`, the
+metrics in :mod:`study.metrics`.
 """
 
 from .evaluate import evaluate_study, find_heatmaps, find_study_image, render_report

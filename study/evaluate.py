@@ -29,7 +29,6 @@ named after LMDB keys or file stems are found too.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from pathlib import Path
@@ -43,7 +42,8 @@ from . import selection as S
 from .export import ANALYSIS_SIZE, DISPLAY_SIZE, StudyExport, read_export
 
 from dvce import runfolder
-from fileio import write_json
+from fileio import atomic_write_text, write_json
+from fileio.report import Report
 
 HEATMAP_LAYOUT = "{image_id}/heatmap_*_pre.npy"
 RUN_LAYOUT = "{image_id}"
@@ -331,8 +331,8 @@ def evaluate_study(
     write_json(out / "study_summary.json", summary, indent=1)
     summary = json.loads((out / "study_summary.json").read_text())  # the JSON-safe form
     md, page = render_report(summary)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(page)
+    atomic_write_text(out / "report.md", md)
+    atomic_write_text(out / "report.html", page)
     return summary
 
 
@@ -475,26 +475,26 @@ def _fmt_ci(d):
 
 
 def render_report(summary: dict) -> tuple[str, str]:
-    """Markdown and HTML report of a summary (same content; HTML embeds the figures by path)."""
-    blocks: list[tuple] = []  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, alt)
-    add = blocks.append
-    add(("h", 1, "User-study evaluation"))
-    add(("p", f"Export: `{summary.get('export')}` — {summary['participants']} participants, "
-              f"{len(summary['images']['selection'])} selection images, "
-              f"{len(summary['images']['annotation'])} annotation images. Polygons drawn at "
-              f"{summary['display_size']} px, HRHs at {summary['analysis_size']} px, rasterised "
-              f"with the `{summary.get('raster', 'seed')}` rule"
-              + (" (the original evaluation's: OpenCV fillPoly on truncated vertices). "
-                 if summary.get("raster", "seed") == "seed" else " (pixel centres inside the exact polygon). ")
-              + f"Outlier rule `{summary['outlier_rule']}`: {len(summary['outliers'])} outlier(s)"
-              + (f" ({', '.join(summary['outliers'])})" if summary["outliers"] else "") + "."))
+    """Markdown and HTML report of a summary (same content; the HTML links the figures by path)."""
+    doc = Report("User-study evaluation")
+    doc.heading("User-study evaluation", 1)
+    doc.paragraph(f"Export: `{summary.get('export')}` — {summary['participants']} participants, "
+                  f"{len(summary['images']['selection'])} selection images, "
+                  f"{len(summary['images']['annotation'])} annotation images. Polygons drawn at "
+                  f"{summary['display_size']} px, HRHs at {summary['analysis_size']} px, rasterised "
+                  f"with the `{summary.get('raster', 'seed')}` rule"
+                  + (" (the original evaluation's: OpenCV fillPoly on truncated vertices). "
+                     if summary.get("raster", "seed") == "seed"
+                     else " (pixel centres inside the exact polygon). ")
+                  + f"Outlier rule `{summary['outlier_rule']}`: {len(summary['outliers'])} outlier(s)"
+                  + (f" ({', '.join(summary['outliers'])})" if summary["outliers"] else "") + ".")
     if summary.get("figures", {}).get("participant_means"):
-        add(("img", summary["figures"]["participant_means"], "mean choice per participant"))
+        doc.image(summary["figures"]["participant_means"], "mean choice per participant", caption=True)
 
-    add(("h", 2, "Selection task"))
-    add(("p", "Counts of every choice over all participants (-1 = 'nobody smiles'; 0 original, "
-              "1 reconstruction, 2.. optimisation steps). Switch = the classifier's switch frame "
-              "from the run, where given; agreement excludes outliers."))
+    doc.heading("Selection task", 2)
+    doc.paragraph("Counts of every choice over all participants (-1 = 'nobody smiles'; 0 original, "
+                  "1 reconstruction, 2.. optimisation steps). Switch = the classifier's switch frame "
+                  "from the run, where given; agreement excludes outliers.")
     sel = summary["selection"]
     width = max((len(e["counts"]) for e in sel.values()), default=0)
     keys = [str(k) for k in range(-1, width - 1)]
@@ -503,79 +503,53 @@ def render_report(summary: dict) -> tuple[str, str]:
         ag = e.get("agreement") or {}
         rows.append([img] + [str(e["counts"].get(k, "")) for k in keys]
                     + [str(e["n"]), _fmt(e["mean_choice"], 2), _fmt(e["switch_frame"]), _fmt(ag.get("exact"), 2)])
-    add(("table", ["image"] + keys + ["n", "mean", "switch", "exact"], rows))
+    doc.table(["image"] + keys + ["n", "mean", "switch", "exact"], rows)
     for img, e in sel.items():
         if e.get("figure"):
-            add(("img", e["figure"], f"selection histogram {img}"))
+            doc.image(e["figure"], f"selection histogram {img}", caption=True)
 
-    add(("h", 2, "Human relevance heatmaps"))
+    doc.heading("Human relevance heatmaps", 2)
     rows = []
     for img, e in summary["hrh"].items():
         c = e.get("ceiling") or {}
         rows.append([img, str(e["n_annotators"]), str(e["max"]), str(e["pixels_ge1"]), str(e["pixels_ge50"]),
                      _fmt(c.get("mass_accuracy")), _fmt(c.get("auc"))])
-    add(("table", ["image", "annotators", "max", "px ≥1", "px ≥50%", "ceiling mass", "ceiling AUC"], rows))
+    doc.table(["image", "annotators", "max", "px ≥1", "px ≥50%", "ceiling mass", "ceiling AUC"], rows)
     hc = summary.get("human_ceiling")
     if hc:
-        add(("h", 3, "Human ceiling (inter-annotator agreement)"))
-        add(("p", hc["description"] + "."))
-        add(("table", ["metric", "mean [95% CI]"], [[k, _fmt_ci(v)] for k, v in hc["mean"].items()]))
+        doc.heading("Human ceiling (inter-annotator agreement)", 3)
+        doc.paragraph(hc["description"] + ".")
+        doc.table(["metric", "mean [95% CI]"], [[k, _fmt_ci(v)] for k, v in hc["mean"].items()])
     for img, e in summary["hrh"].items():
         if e.get("figure"):
-            add(("img", e["figure"], f"HRH {img}"))
+            doc.image(e["figure"], f"HRH {img}", caption=True)
 
     if summary.get("methods"):
-        add(("h", 2, "Model heatmaps vs HRH"))
-        add(("p", "Consensus: the method's map against the HRH thresholded at ≥1 annotator and at ≥50% "
-                  "of annotators (mean over images, CI from resampling participants). Individual: against "
-                  "each annotator's own mask — directly comparable with the human ceiling."))
+        doc.heading("Model heatmaps vs HRH", 2)
+        doc.paragraph("Consensus: the method's map against the HRH thresholded at ≥1 annotator and at ≥50% "
+                      "of annotators (mean over images, CI from resampling participants). Individual: against "
+                      "each annotator's own mask — directly comparable with the human ceiling.")
         for name, r in summary["methods"].items():
-            add(("h", 3, name))
+            doc.heading(name, 3)
             rows = [[k, _fmt_ci(r["consensus"]["ge1"][k]), _fmt_ci(r["consensus"]["ge50"][k]),
                      _fmt_ci(r["individual"][k]), _fmt_ci((hc or {}).get("mean", {}).get(k))]
                     for k in M.MASK_METRICS]
             rows.append(["spearman (graded HRH)", _fmt_ci(r["consensus"]["spearman"]), "", _fmt_ci(r["individual"]["spearman"]),
                          _fmt_ci((hc or {}).get("mean", {}).get("spearman"))])
-            add(("table", ["metric", "HRH ≥1", "HRH ≥50%", "individual", "human ceiling"], rows))
+            doc.table(["metric", "HRH ≥1", "HRH ≥50%", "individual", "human ceiling"], rows)
         for img, e in summary["hrh"].items():
             if e.get("compare_figure"):
-                add(("img", e["compare_figure"], f"maps {img}"))
+                doc.image(e["compare_figure"], f"maps {img}", caption=True)
 
-    add(("h", 2, "Parse issues"))
+    doc.heading("Parse issues", 2)
     issues = summary.get("issues", [])
     if issues:
-        add(("p", f"{len(issues)} entries were skipped or repaired (row = spreadsheet row, header = 1)."))
-        add(("table", ["row", "column", "value", "reason"],
-             [[str(i["row"]), i["column"], str(i["value"])[:40], i["reason"]] for i in issues[:200]]))
+        doc.paragraph(f"{len(issues)} entries were skipped or repaired (row = spreadsheet row, header = 1).")
+        doc.table(["row", "column", "value", "reason"],
+                  [[str(i["row"]), i["column"], str(i["value"])[:40], i["reason"]] for i in issues[:200]])
         if len(issues) > 200:
-            add(("p", f"… and {len(issues) - 200} more in study_summary.json."))
+            doc.paragraph(f"… and {len(issues) - 200} more in study_summary.json.")
     else:
-        add(("p", "None: every cell was read."))
+        doc.paragraph("None: every cell was read.")
 
-    md, page = [], []
-    for b in blocks:
-        if b[0] == "h":
-            md.append("#" * b[1] + " " + b[2])
-            page.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
-        elif b[0] == "p":
-            md.append(b[1])
-            page.append("<p>" + re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(b[1])) + "</p>")
-        elif b[0] == "table":
-            _, head, rows = b
-            esc = lambda s: str(s).replace("|", "\\|")
-            md.append("| " + " | ".join(esc(h) for h in head) + " |")
-            md.append("|" + "---|" * len(head))
-            md += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-            page.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-                        + "</table>")
-        elif b[0] == "img":
-            md.append(f"![{b[2]}]({b[1]})")
-            page.append(f'<figure><img src="{html.escape(b[1])}" alt="{html.escape(b[2])}" style="max-width:720px">'
-                        f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
-        md.append("")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}")
-    page_s = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>User-study evaluation</title>"
-              f"<style>{style}</style></head><body>\n" + "\n".join(page) + "\n</body></html>\n")
-    return "\n".join(md), page_s
+    return doc.markdown(), doc.html()

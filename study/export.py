@@ -1,4 +1,4 @@
-"""Read and write the user-study export CSV (DESIGN.md §4).
+"""Read and write the user-study export CSV (the study web app's format, described below).
 
 The study web app stores one row per participant. Its columns are the metadata
 ``id, createdAt, updatedAt, submittedAt``, then one ``ImageSelection/<img>/selection``

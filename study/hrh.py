@@ -75,7 +75,6 @@ def _rasterize_seed(points, display_size: int, analysis_size: int) -> np.ndarray
         return mask
     # The original scaled with Python's int(): truncation toward zero.
     p = np.trunc(np.asarray(points, dtype=np.float64) * (analysis_size / display_size)).astype(np.int64)
-    xs, ys = p[:, 0], p[:, 1]
     for (ax, ay), (bx, by) in zip(p, np.roll(p, -1, axis=0)):  # the outline, as cv2 draws it
         _draw_line(mask, int(ax), int(ay), int(bx), int(by))
     # Scanline fill (cv2's FillEdgeCollection): edges in 16.16 fixed point, x stepped per row by

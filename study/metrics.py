@@ -1,4 +1,4 @@
-"""Heatmap vs human-heatmap metrics (DESIGN.md §7; Quantus / CLEVR-XAI / Harmonization).
+"""Heatmap vs human-heatmap metrics (definitions as in Quantus / CLEVR-XAI / Harmonization).
 
 Every metric takes a *heatmap* (scores, higher = more relevant; signed LRP relevance is used as
 is) and a *mask* (bool ground truth: a thresholded HRH or one participant's polygons), both at
@@ -19,7 +19,7 @@ An undefined value (empty mask, no positive relevance, constant map) is ``nan``;
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -371,30 +371,3 @@ def bootstrap_ci(
         a = (1 - level) / 2
         ci = [float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))]
     return {"mean": mean, "ci": ci, "n": int(cnts.sum()), "n_participants": len(vals)}
-
-
-def bootstrap_statistic(
-    n_participants: int,
-    statistic: Callable[[np.ndarray], float],
-    n_bootstrap: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> list[float] | None:
-    """Percentile CI of ``statistic(weights)`` under resampling participants with replacement.
-
-    ``weights[i]`` is how often participant ``i`` was drawn (a multinomial count vector), which
-    lets a statistic rebuild e.g. an HRH as a weighted sum of masks without copying them.
-    """
-    if not n_bootstrap or n_participants < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(int(n_bootstrap)):
-        w = np.bincount(rng.integers(0, n_participants, n_participants), minlength=n_participants)
-        vals.append(statistic(w))
-    vals = np.asarray(vals, dtype=np.float64)
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
-        return None
-    a = (1 - level) / 2
-    return [float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))]

@@ -35,7 +35,7 @@ def toy_unseen(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_resnet_ckpt() -> Path:
-    """The cached toy ResNet classifier (trained by the project's own code on first use)."""
+    """The toy ResNet classifier (the weights shipped in toyfaces/weights/classifiers)."""
     from ldvce.toyworld import toy_classifier
     return toy_classifier("toy_resnet")
 

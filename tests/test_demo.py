@@ -1,8 +1,6 @@
 """`ldvce demo --quick` end to end on the cached toy world (the main job)."""
 import json
 
-from tests.conftest import REPO
-
 
 def test_demo_quick_writes_the_three_files(tmp_path, toy_resnet_ckpt):
     from ldvce.demo import run_demo

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from dvce import runner
-from dvce.ldm import build_random_ldm, toy_unet_config, toy_vq_config
+from dvce.ldm import build_random_ldm
 from dvce.samplers import SAMPLERS, FrameRecorder, Problem, get_sampler, sampler_defaults
+from toyfaces.ldm import toy_unet_config, toy_vq_config
 
 
 class BrightnessClassifier(torch.nn.Module):
@@ -170,7 +171,6 @@ def test_interrupted_run_resumes_to_exactly_one_complete_result(problem, tmp_pat
 
 def test_guided_runs_in_bfloat16(problem):
     """The GPU configuration's dtype path, checked for shape and finiteness on CPU."""
-    from dvce.ldm import build_random_ldm, toy_unet_config, toy_vq_config
     ldm = build_random_ldm(toy_vq_config(64), toy_unet_config(16), seed=1).to(dtype=torch.bfloat16)
     p = Problem(ldm, BrightnessClassifier(), 31)
     res = SAMPLERS["guided"](p, _images(2).to(torch.bfloat16), torch.ones(2), num_steps=20,

@@ -6,7 +6,8 @@ import torch
 
 from dvce import diffusion
 from dvce.ldm import (COMPVIS_ID, COMPVIS_UNET_CONFIG, COMPVIS_VQ_CONFIG, LDMNotAvailableError,
-                      build_random_ldm, latent_scale_of, load_ldm, toy_unet_config, toy_vq_config)
+                      build_random_ldm, latent_scale_of, load_ldm)
+from toyfaces.ldm import toy_unet_config, toy_vq_config
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
-"""Quality on the toy world with the shipped toy LDM and the cached toy ResNet, on images of an
+"""Quality on the toy world with the shipped toy LDM and the shipped toy ResNet, on images of an
 unseen seed: the checks of the LDM and counterfactual issues. Numbers are printed (pytest -s)."""
-import json
 
 import numpy as np
 import pytest

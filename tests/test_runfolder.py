@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from dvce import runfolder, runner
-from dvce.ldm import build_random_ldm, toy_unet_config, toy_vq_config
+from dvce.ldm import build_random_ldm
+from toyfaces.ldm import toy_unet_config, toy_vq_config
 from dvce.samplers import Problem
 from tests.test_dvce import BrightnessClassifier, _images
 

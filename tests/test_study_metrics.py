@@ -1,4 +1,4 @@
-"""Heatmap-vs-HRH metrics on tiny hand-computed cases (DESIGN.md §7), and the slow obvious way."""
+"""Heatmap-vs-HRH metrics on tiny hand-computed cases, and the slow obvious way."""
 
 import itertools
 import math

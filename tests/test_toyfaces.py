@@ -81,3 +81,22 @@ def test_rendering_is_fast():
     render(sample_factors(500, seed=1), 64)
     # thousands per minute on 2 cores: 500 must take well under 30 s even on a loaded machine
     assert time.perf_counter() - t < 30
+
+
+def test_render_rows_gives_the_dataset_rows_without_writing_it(tmp_path):
+    """``render_rows`` is how held-out faces are made without rendering all 12000: the same
+    pixels and masks as the dataset's rows."""
+    import torch
+    from PIL import Image
+    from classifier.images import pil_to_tensor
+    from ldvce.toyworld import held_out_faces
+    folder = toyfaces.make_dataset(tmp_path / "d", n=50, seed=11, progress=False)
+    rows = [47, 3, 20]
+    images, masks = toyfaces.render_rows(50, 11, rows)
+    ds = CelebHQAttrDataset(*toyfaces.paths(folder), indices=rows, augment=False)
+    for i in range(len(rows)):
+        assert torch.equal(ds[i]["img"], pil_to_tensor(Image.fromarray(images[i])))
+    stored = toyfaces.load_masks(folder)
+    assert all(np.array_equal(stored[a][rows], masks[a]) for a in toyfaces.MODELLED)
+    x, m, held_rows = held_out_faces(4)
+    assert x.shape == (4, 3, 64, 64) and m.shape == (4, 64, 64) and held_rows == [10800, 10801, 10802, 10803]

@@ -1,5 +1,5 @@
 """CRP (xai.crp): each zennit-crp fix with a test that fails without it, the model left
-unaltered, local (pair) analysis and global analysis on the toy world (DESIGN.md §6)."""
+unaltered, local (pair) analysis and global analysis on the toy world."""
 from __future__ import annotations
 
 import io
@@ -121,7 +121,7 @@ def test_fix4_requires_grad_restored():
 
 @pytest.fixture
 def pillow13(monkeypatch):
-    """Simulate Pillow 13 (DESIGN.md §6: saving zennit's palette images raises TypeError; the
+    """Simulate Pillow 13 (saving zennit's palette images raises TypeError; the
     deprecated ``fromarray(mode=...)`` is refused too). Pillow 12.3 is installed here."""
     from PIL import Image
     save, fromarray = Image.Image.save, Image.fromarray

@@ -1,5 +1,5 @@
 """LRP (xai.lrp): composites, rules against slow re-implementations, conservation, the model left
-unaltered, and relevance mass on the toy world (DESIGN.md §6)."""
+unaltered, and relevance mass on the toy world."""
 from __future__ import annotations
 
 import numpy as np
@@ -220,7 +220,7 @@ def toy_batch(toy_resnet_ckpt):
 
 def decision_mass(heat: np.ndarray, logits: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Per image: positive relevance of the decision (relevance × sign(logit)) inside the mask
-    / all positive relevance (relevance mass accuracy, DESIGN.md §7)."""
+    / all positive relevance (relevance mass accuracy, Arras et al. 2022)."""
     p = np.clip(heat * np.sign(logits)[:, None, None], 0, None)
     return (p * masks).sum((1, 2)) / np.maximum(p.sum((1, 2)), 1e-12)
 

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from classifier.dataset import write_attribute_file
 from classifier.images import encode_png
 from classifier.lmdb_store import write_lmdb
+from fileio import write_json
 from toyfaces.render import MODELLED, Factors, Spurious, labels_of, render, sample_factors
 
 LMDB_NAME = "toyfaces.lmdb"
@@ -49,10 +50,20 @@ def make_dataset(out_dir: str | os.PathLike, n: int = 2000, seed: int = 0, size:
     np.savez_compressed(out / MASKS_NAME, size=size, **{a: np.concatenate(v) for a, v in masks.items()})
     meta = {"n": n, "seed": seed, "size": size, "spurious": None if spurious is None else vars(spurious),
             "modelled": list(MODELLED), "factors": factors.records()}
-    tmp = out / (META_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, out / META_NAME)
+    write_json(out / META_NAME, meta, indent=None)
     return out
+
+
+def render_rows(n: int, seed: int, rows, size: int = 64, spurious: Spurious | None = None):
+    """The faces and masks that ``make_dataset(out, n, seed, size, spurious)`` writes at ``rows``,
+    rendered without writing (or rendering) the rest of the dataset.
+
+    Returns images uint8 (len(rows), size, size, 3) and masks: attribute -> bool (len(rows),
+    size, size). Every face is drawn from its own factors (its pixel noise included), so a row
+    is the same image either way.
+    """
+    factors = sample_factors(n, seed, spurious).take(np.asarray(list(rows), dtype=np.int64))
+    return render(factors, size, with_masks=True)
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
@@ -78,6 +89,7 @@ def load_masks(out_dir: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def paths(out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """(lmdb path, attribute file path) of a toyfaces dataset folder."""
+    """(lmdb path, attribute file path) of a toyfaces dataset folder (the CelebA-HQ dataset-folder
+    layout that ``classifier.dataset.dataset_files`` reads)."""
     out = Path(out_dir)
     return out / LMDB_NAME, out / ATTR_NAME

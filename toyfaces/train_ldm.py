@@ -1,7 +1,7 @@
 """Train the toyfaces latent diffusion model: a small VQModel (f4, 3 latent channels, like
 CompVis's) and a small UNet2DModel with CompVis's DDIM schedule, saved as a diffusers folder.
 
-Recipe (chosen to converge on 2 CPU cores, DESIGN.md §8):
+Recipe (chosen to converge on 2 CPU cores in about 80 minutes):
 1. VQ autoencoder warm-up *without* the quantiser (L1 + MSE, tiny latent penalty), cosine LR.
 2. k-means initialisation of the codebook on encoder latents, then fine-tuning *with* the
    quantiser (straight-through) and dead-code resets, so the decoder learns quantised inputs.
@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dvce.ldm import COMPVIS_SCHEDULE, toy_unet_config, toy_vq_config
+from dvce.ldm import COMPVIS_SCHEDULE
+from fileio import write_json
+from toyfaces.ldm import toy_unet_config, toy_vq_config
 
 
 @dataclass
@@ -315,12 +317,12 @@ def train_ldm(out_dir, lmdb_path, attr_path, cfg: LDMTrainConfig | None = None, 
     vq.save_pretrained(out / "vqvae", safe_serialization=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     DDIMScheduler(**COMPVIS_SCHEDULE).save_pretrained(out / "scheduler")
-    (out / "model_index.json").write_text(json.dumps({
+    write_json(out / "model_index.json", {
         "_class_name": "LDMPipeline", "_diffusers_version": "0.42.1",
         "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DModel"],
-        "vqvae": ["diffusers", "VQModel"]}, indent=2))
-    (out / "training.json").write_text(json.dumps(
-        {"config": asdict(cfg), "latent_scale": scale, "seconds": round(time.time() - t0, 1),
-         "lmdb": str(lmdb_path), "images": len(images)}, indent=2))
+        "vqvae": ["diffusers", "VQModel"]})
+    write_json(out / "training.json",
+               {"config": asdict(cfg), "latent_scale": scale, "seconds": round(time.time() - t0, 1),
+                "lmdb": str(lmdb_path), "images": len(images)})
     log({"phase": "done"})
     return out

@@ -1,5 +1,5 @@
 """Explanations of the attribute classifiers: LRP heatmaps (zennit), CRP concepts (zennit-crp),
-and their pictures (DESIGN.md §6).
+and their pictures (see docs/architecture.md for where they sit in the pipeline).
 
     from xai import attribute, COMPOSITES
     heat = attribute(model, images, "Smiling", composite="epsilon_plus_flat")   # (B, H, W)

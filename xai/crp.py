@@ -1,7 +1,7 @@
 """Concept relevance propagation (CRP) with zennit-crp: local and global concept analysis.
 
-This module owns the fixes zennit-crp 0.6.0 needs on this stack (DESIGN.md §6); each has a test
-that fails without it (``tests/test_xai_crp.py``):
+This module owns the fixes zennit-crp 0.6.0 needs on this stack (numpy ≥ 1.24, torch ≥ 2.0,
+Pillow 13); each has a test that fails without it (``tests/test_xai_crp.py``):
 
 1. ``crp.helper.load_stat_targets`` uses ``np.int`` (gone since numpy 1.24), so
    ``FeatureVisualization.compute_stats`` crashes -> :func:`load_stat_targets`,
@@ -49,6 +49,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from classifier.attributes import attribute_index, attribute_name
+from fileio import to_jsonable, write_json
 from xai.lrp import _model_device_dtype, get_composite, preserved
 
 MODEL_OUTPUT = "y"
@@ -398,17 +399,16 @@ def pair_analysis(model: nn.Module, original: torch.Tensor, counterfactual: torc
 
 
 def json_ready(result: dict) -> dict:
-    """A copy of an analysis result without its arrays (for ``json.dump``)."""
-    def clean(o):
+    """A JSON-safe copy of an analysis result without its arrays (heatmaps and other tensors
+    stay in the ``.npz``/figures; numbers are converted by :func:`fileio.to_jsonable`)."""
+    def drop_arrays(o):
         if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()
+            return {k: drop_arrays(v) for k, v in o.items()
                     if not isinstance(v, (np.ndarray, torch.Tensor)) and k != "heatmaps"}
         if isinstance(o, list):
-            return [clean(v) for v in o]
-        if isinstance(o, (np.floating, np.integer)):
-            return o.item()
+            return [drop_arrays(v) for v in o]
         return o
-    return clean(result)
+    return to_jsonable(drop_arrays(result))
 
 
 def pair_figure(result: dict, original, counterfactual, path, title: str | None = None,
@@ -555,7 +555,7 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
             fv.run(comp, 0, n, batch_size=batch_size, checkpoint=max(1, math.ceil(n / batch_size)))
             shares = {l: np.stack([fv.concept_relevance[l][i] for i in range(n)]) for l in layers}
             np.savez(cache / "concept_relevance.npz", **{l: s for l, s in shares.items()})
-            (cache / "done.json").write_text(json.dumps(info, indent=1))
+            write_json(cache / "done.json", info, indent=1)
         else:
             with np.load(cache / "concept_relevance.npz") as z:
                 shares = {l: z[l] for l in layers}
@@ -598,5 +598,5 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
         result["figure"] = str(image_grid_figure(
             rows, out_dir / f"{stem}.png",
             title=f"CRP: top concepts for {name} (n = {n}) and their reference images"))
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    write_json(out_dir / f"{stem}.json", result, indent=1)
     return result

@@ -10,8 +10,9 @@ thing on the ResNet and on the seed's flatten + MLP classifier:
 plus the shared base map: activations → Pass, residual sums (``canonizer_sum``) → Norm, average
 pooling → Norm, batch norms → Pass (they are merged into the convolutions by the canonizer anyway).
 
-On an MLP a Flat rule on its only hidden layer gives a constant map (DESIGN.md §6), so the
-``*_flat`` composites use their ``feature`` rule (z+) there instead.
+On an MLP a Flat rule on its only hidden layer gives a constant map (every input pixel gets the
+same share of each hidden unit's relevance), so the ``*_flat`` composites use their ``feature``
+rule (z+) there instead.
 
 Canonizers are chosen for the model and passed by keyword: ``ResNetCanonizer`` for torchvision
 ResNets (batch-norm merge + explicit residual sums), ``SequentialMergeBatchNorm`` for other
@@ -154,7 +155,7 @@ def _composite(first, feature, head, flat_safe=False):
 
 
 #: name -> function(model) -> a fresh zennit Composite for that model (composites hold hooks,
-#: so build one per use). The seed's three first (DESIGN.md §6), then zennit's.
+#: so build one per use). The seed's three first (its LRP notebook's choices), then zennit's.
 COMPOSITES: dict[str, Callable[[nn.Module], Composite]] = {
     # seed: Conv -> ZPlus, Linear -> Epsilon(0), BN/ReLU -> Pass, AdaptiveAvgPool -> Norm
     "lrp0": _composite(ZPlus, ZPlus, lambda: Epsilon(epsilon=0.0)),

@@ -3,7 +3,7 @@
 Heatmaps use zennit's ``bwr`` palette on a *symmetric* scale (0 is white, ±vmax are full blue /
 red), as ``zennit.image.imgify(..., symmetric=True)`` does. Everything here builds plain RGB
 arrays and RGB PIL images: nothing is a palette ("P") image, which Pillow 13 refuses to save
-(DESIGN.md §6). Figures are drawn with matplotlib's object API (no pyplot state), so rendering is
+(zennit-crp fix 5 in :mod:`xai.crp`). Figures are drawn with matplotlib's object API (no pyplot state), so rendering is
 safe in scripts, tests and threads.
 """
 from __future__ import annotations
@@ -177,7 +177,6 @@ def panel_figure(rows: Sequence[PanelRow], composites: Sequence[str], path: str 
         raise ValueError("panel_figure needs at least one row")
     has_cf = any(r.counterfactual is not None for r in rows)
     has_hrh = any(r.hrh is not None for r in rows)
-    per = 2 if has_cf else 1
     groups = [("Images", ["Original $x_0$"] + (["Countf. $\\hat{x}_0$"] if has_cf else []))]
     for c in composites:
         lab = labels.get(c, c)

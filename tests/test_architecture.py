@@ -1,0 +1,129 @@
+"""The package structure the code promises (docs/architecture.md): imports run one way, lower
+packages learn about higher ones only through registries, library code selects no matplotlib
+backend, and nothing cites a file outside the repository."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+PACKAGES = ("fileio", "classifier", "dvce", "xai", "study", "toyfaces", "ldvce")
+# package -> project packages (or single modules) it may import; everything else is forbidden
+ALLOWED = {
+    "fileio": set(),
+    "classifier": {"fileio"},
+    "dvce": {"classifier", "fileio"},
+    "xai": {"classifier", "fileio"},
+    "study": {"fileio", "dvce.runfolder"},  # the run-folder format (no torch), nothing else of dvce
+    "toyfaces": {"classifier", "dvce", "fileio"},  # registers the toy LDM with dvce.ldm
+    "ldvce": {"classifier", "dvce", "xai", "study", "toyfaces", "fileio"},
+}
+
+
+def _imports(path):
+    """Every absolute import in a module (top level and inside functions), as dotted names:
+    ``from package import name`` gives ``package.name`` (the name may be a module)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node.lineno, a.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for a in node.names:
+                yield node.lineno, f"{node.module}.{a.name}"
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", ""))
+              in ("import_module", "__import__") and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            yield node.lineno, node.args[0].value
+
+
+def _allowed(pkg: str, name: str) -> bool:
+    top = name.split(".")[0]
+    if top not in PACKAGES or top == pkg:
+        return True
+    return any(name == a or name.startswith(a + ".") for a in ALLOWED[pkg])
+
+
+def _violations():
+    found = []
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            found += [f"{path.relative_to(REPO)}:{lineno} imports {name}"
+                      for lineno, name in _imports(path) if not _allowed(pkg, name)]
+    return found
+
+
+def test_imports_follow_the_one_way_dependency_graph():
+    assert _violations() == []
+
+
+def test_the_checker_sees_violations(tmp_path, monkeypatch):
+    """The graph check is not vacuous: a classifier module importing toyfaces is caught, also
+    inside a function and through importlib."""
+    fake = tmp_path / "classifier"
+    fake.mkdir()
+    (fake / "bad.py").write_text("def f():\n    import toyfaces.data\n"
+                                 "    from importlib import import_module\n"
+                                 "    import_module('ldvce.demo')\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGES",
+                        ("classifier", "toyfaces", "ldvce", "fileio"))
+    found = _violations()
+    assert any("imports toyfaces.data" in v for v in found)
+    assert any("imports ldvce.demo" in v for v in found)
+
+
+def test_no_library_code_selects_a_matplotlib_backend():
+    offenders = [f"{p.relative_to(REPO)}" for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")
+                 if "matplotlib.use(" in p.read_text()]
+    assert offenders == []
+
+
+def test_code_cites_no_file_outside_the_repository():
+    offenders = [f"{p.relative_to(REPO)}" for pkg in PACKAGES + ("tests",)
+                 for p in (REPO / pkg).rglob("*.py")
+                 if "DESIGN.md" in p.read_text() and p.name != "test_architecture.py"]
+    offenders += [n for n in ("pyproject.toml", "Makefile") if "DESIGN.md" in (REPO / n).read_text()]
+    assert offenders == []
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={"PATH": "", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+                               "OMP_NUM_THREADS": "1"})
+
+
+def test_importing_ldvce_registers_the_toy_ldm_without_loading_torch():
+    out = _python("import sys, ldvce.cli\n"
+                  "from dvce.ldm import registered_ldms, resolve_source\n"
+                  "print(registered_ldms(), resolve_source('toy')[1].name, 'torch' in sys.modules)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['toy']", "toy-ldm", "False"]
+
+
+def test_load_ldm_toy_without_toyfaces_says_what_to_import():
+    out = _python("from dvce.ldm import load_ldm, registered_ldms\n"
+                  "assert registered_ldms() == []\n"
+                  "load_ldm('toy')")
+    assert out.returncode != 0
+    assert "LDMNotAvailableError" in out.stderr and "import toyfaces" in out.stderr
+
+
+def test_register_ldm_resolves_a_name_to_a_folder(tmp_path, monkeypatch):
+    from dvce import ldm
+    monkeypatch.setattr(ldm, "_REGISTRY", dict(ldm._REGISTRY))
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "vqvae").mkdir()
+    ldm.register_ldm("mine", lambda: tmp_path)
+    assert "mine" in ldm.registered_ldms() and ldm.resolve_source("mine") == ("mine", tmp_path)
+    ldm.register_ldm("empty", lambda: tmp_path / "nothing")
+    with pytest.raises(ldm.LDMNotAvailableError, match="not a diffusers LDM folder"):
+        ldm.resolve_source("empty")
+    with pytest.raises(ValueError, match="plain word"):
+        ldm.register_ldm("owner/model", lambda: tmp_path)
+    with pytest.raises(ldm.LDMNotAvailableError, match="registered: .*mine"):
+        ldm.resolve_source("unknown-name")

@@ -1,0 +1,71 @@
+"""The shipped toy classifiers: what ``toy_classifier`` returns, what the files hold, and the
+retraining path (``ldvce demo --retrain``)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO
+
+
+def _config(name):
+    return yaml.safe_load((REPO / "configs" / "classifier" / f"{name}.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["toy_resnet", "toy_oracle"])
+def test_shipped_weights_are_what_the_configs_train(name):
+    """The shipped file is returned by default, loads without Lightning, and holds the
+    architecture its config builds (so ``retrain=True`` trains the same network)."""
+    from classifier import ResNetClassifier, load_classifier
+    from ldvce.toyworld import shipped_classifier, toy_classifier
+    path = toy_classifier(name)
+    assert path == shipped_classifier(name) and path.suffix == ".safetensors"
+    model = load_classifier(path)
+    cfg = _config(name)["model"]
+    assert cfg["class_path"] == "classifier.models.ResNetClassifier"
+    for k, v in cfg["init_args"].items():
+        assert model.hparams[k] == v, k
+    assert isinstance(model, ResNetClassifier)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 40)
+
+
+def test_shipped_weights_are_small_and_the_oracle_is_unrelated():
+    from classifier import load_classifier
+    from classifier.models import receptive_field
+    from ldvce.toyworld import shipped_classifier
+    sizes = {n: shipped_classifier(n).stat().st_size for n in ("toy_resnet", "toy_oracle")}
+    assert sum(sizes.values()) < 10e6, sizes
+    toy, oracle = (load_classifier(shipped_classifier(n)) for n in ("toy_resnet", "toy_oracle"))
+    # BagNet-style local evidence vs a plain stride-32 ResNet18 seeing the whole face
+    assert toy.hparams.arch == "resnet10" and toy.hparams.pointwise_stages
+    assert oracle.hparams.arch == "resnet18" and not oracle.hparams.get("pointwise_stages")
+    assert oracle.hparams.get("output_stride", 32) == 32 and oracle.hparams.get("pool", "avg") == "avg"
+    assert receptive_field(toy.net, 256) == 23 and receptive_field(oracle.net, 1024) > 400
+
+
+def test_retrain_trains_with_the_config_and_caches_the_result(tmp_path, monkeypatch):
+    """``retrain=True`` runs the project's training on the toy training data (faked here: the
+    real loop is tested in test_classifier.py) and returns the checkpoint it cached."""
+    import classifier.train
+    from ldvce import toyworld
+    monkeypatch.setenv("LDVCE_CACHE", str(tmp_path))
+    data = tmp_path / "data" / "toy-train"
+    monkeypatch.setattr(toyworld, "toy_data", lambda spec=toyworld.TRAIN_DATA, progress=True: data)
+    calls = []
+
+    def fake_train(args):
+        calls.append(args)
+        best = tmp_path / "best.ckpt"
+        best.write_bytes(b"trained")
+        return None, None, best
+
+    monkeypatch.setattr(classifier.train, "main", fake_train)
+    ckpt = toyworld.toy_classifier("toy_oracle", retrain=True)
+    assert ckpt == tmp_path / "models" / "toy_oracle.ckpt" and ckpt.read_bytes() == b"trained"
+    args = calls[0]
+    assert args[args.index("--config") + 1].endswith("toy_oracle.yaml")
+    assert args[args.index("--data.data_path") + 1] == str(data)
+    assert toyworld.toy_classifier("toy_oracle") == toyworld.shipped_classifier("toy_oracle")
+    with pytest.raises(KeyError, match="toy_resnet"):
+        toyworld.toy_classifier("toy_nope")

@@ -312,10 +312,10 @@ class PassResult:
 
 
 def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 0.3,
-           retry_scales: tuple[float, ...] = (0.6, 1.2), l1_weight: float = 1.0,
+           retry_scales: tuple[float, ...] = (0.6, 1.2, 2.4), l1_weight: float = 1.0,
            num_steps: int = 20, t_start: int = 500, mask: bool = True,
-           mask_fraction: float = 0.025, mask_dilate: int = 3, mask_from: int = 3,
-           guide_tail: int = 0, margin: float = 0.0, views: int = 1,
+           mask_fraction: float = 0.04, mask_dilate: int = 1, mask_from: int = 3,
+           guide_tail: int = 0, margin: float = 3.0, views: int = 4,
            callback: Callable | None = None) -> CFBatch:
     """Latent guided DDIM: classifier guidance on the one-step estimate x̂0 with a self-optimised mask.
 
@@ -327,6 +327,13 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
     ``mask``, the accumulated |g| (the self-optimised mask) keeps the inverted original
     trajectory outside the changing region, and the original pixels outside it in the final
     image. Unflipped samples are retried with the larger ``retry_scales`` (DiME's 8 → 10 → 15).
+
+    The defaults aim at changes an independent observer also sees (the toy world's oracle
+    judged, never guided): a logit ``margin`` of 3 instead of stopping at the sign change,
+    guidance through 4 fixed views (mirror, shifts) instead of one image, and an undilated mask
+    of 4 % of the latent positions. On 48 unseen toy faces they raised oracle agreement from
+    0.92 to 0.96 and localisation from 0.68 to 0.87, lowered MNAC from 0.42 to 0.31 and L1
+    from 0.009 to 0.006, at about the same speed.
 
     Parameters
     ----------

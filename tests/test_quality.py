@@ -72,15 +72,21 @@ def _run(world, toy_resnet, method, options, n, batch):
 
 
 def test_guided_counterfactuals_flip_locally_and_keep_other_attributes(world, toy_resnet):
+    """The default sampler's changes are ones the independent oracle sees too, on the mouth.
+
+    On 48 unseen faces it measured flip 1.00, oracle agreement 0.96, localisation 0.87,
+    MNAC 0.31 and L1 0.006; here 16 other unseen faces, with a margin on each threshold."""
     from dvce.samplers import DEFAULT_METHOD
     flip, l1, loc, cf, x = _run(world, toy_resnet, DEFAULT_METHOD, {}, 16, 16)
-    m = _oracle_mnac(x, cf)
-    print(f"\n{DEFAULT_METHOD}: flip rate {flip:.3f}, L1 {l1:.4f}, localisation {loc:.3f}, MNAC {m:.3f}")
-    assert flip >= 0.95 and loc >= 0.60 and m <= 1.0
+    m, agree = _oracle_mnac(x, cf, agreement=True)
+    print(f"\n{DEFAULT_METHOD}: flip rate {flip:.3f}, L1 {l1:.4f}, localisation {loc:.3f}, "
+          f"MNAC {m:.3f}, oracle agreement {agree:.3f}")
+    assert flip >= 0.95 and agree >= 0.85 and loc >= 0.75 and m <= 0.5 and l1 <= 0.016
 
 
-def _oracle_mnac(x, cf) -> float:
-    """Mean number of the other modelled attributes the oracle sees changed."""
+def _oracle_mnac(x, cf, agreement: bool = False):
+    """Mean number of the other modelled attributes the oracle sees changed (and, with
+    ``agreement``, the share of counterfactuals whose Smiling decision the oracle sees flip)."""
     from classifier.attributes import attribute_index
     from classifier.models import load_classifier
     from dvce.metrics import mnac
@@ -90,7 +96,11 @@ def _oracle_mnac(x, cf) -> float:
     valid = torch.zeros(40, dtype=torch.bool)
     valid[[attribute_index(a) for a in toyfaces.MODELLED]] = True
     with torch.no_grad():
-        return float(mnac(oracle(x), oracle(cf), 31, valid).mean())
+        before, after = oracle(x), oracle(cf)
+    m = float(mnac(before, after, 31, valid).mean())
+    if not agreement:
+        return m
+    return m, float(((after[:, 31] > 0) != (before[:, 31] > 0)).float().mean())
 
 
 def test_dime_flips_with_its_defaults_and_keeps_other_attributes(world, toy_resnet):

@@ -168,6 +168,11 @@ def _method_options(a) -> dict:
 
 
 def cmd_evaluate(a):
+    if a.compare or a.protocol == "full":
+        from ldvce.protocol import evaluate_command
+        return evaluate_command(a)
+    if not a.run:
+        raise SystemExit("ldvce evaluate: give a run folder (or --compare RUN_A RUN_B …)")
     from classifier.models import load_classifier
     from dvce.metrics import evaluate_run, format_table, write_metrics
     oracle = load_classifier(a.oracle).requires_grad_(False) if a.oracle else None
@@ -299,11 +304,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_generate)
 
-    s = _sub(sub, "evaluate", "metrics of a generation run: flip rate, L1/L2/SSIM, MNAC, localisation")
-    s.add_argument("run", help="output folder of `ldvce generate`")
-    s.add_argument("--oracle", help="oracle classifier checkpoint (for MNAC)")
+    s = _sub(sub, "evaluate", "metrics of a generation run: flip rate, L1/L2/SSIM, MNAC, "
+             "localisation; --protocol full adds FID, sFID, FVA, FS, MNAC, CD, COUT",
+             description="Metrics of a generation run, written to RUN/metrics.json. With "
+             "--protocol full also the published protocol (DiME/ACE/MaskDiME): FR, FID and sFID "
+             "(originals vs successful counterfactuals), FVA/FS (face verification of each pair), "
+             "MNAC and CD (an attribute oracle), COUT (insertion curves of the explained "
+             "classifier). Network specs: --fid-features inception:PATH | oracle[:CKPT] | "
+             "torchvision:ARCH:PATH; --face-model vggface2:PATH | dlib[:DIR] | oracle[:CKPT]; "
+             "--oracle steex:PATH | steex-mnac:PATH | CKPT | toy name. Features are cached per "
+             "image content in RUN/.features. --compare prints runs beside the published table.")
+    s.epilog = ("examples:\n  ldvce evaluate runs/cf --protocol full --oracle toy_oracle "
+                "--train-attr-file .cache/ldvce/data/toy-train/CelebAMask-HQ-attribute-anno.txt\n"
+                "  ldvce evaluate runs/cf --protocol full --fid-features inception:pt_inception-2015-"
+                "12-05-6726825d.pth --face-model vggface2:resnet50_ft_weight.pkl --oracle "
+                "steex:oracle.pth --train-attr-file CelebAMask-HQ/CelebAMask-HQ-attribute-anno.txt\n"
+                "  ldvce evaluate --compare runs/seed runs/guided")
+    s.add_argument("run", nargs="?", help="output folder of `ldvce generate`")
+    s.add_argument("--oracle", help="attribute oracle: classifier checkpoint or toy name (MNAC); "
+                   "with --protocol full also steex:PATH / steex-mnac:PATH")
     s.add_argument("--masks", help="toyfaces folder with masks.npz (for localisation)")
     s.add_argument("--attribute", help="default: the run's attribute")
+    s.add_argument("--protocol", choices=["basic", "full"], default="basic",
+                   help="basic: flip rate, L1/L2/SSIM, MNAC, localisation; full: the published "
+                   "protocol as well (default: basic)")
+    s.add_argument("--fid-features", default="oracle",
+                   help="FID/sFID feature network (default: oracle = the --oracle's penultimate "
+                   "features; published: inception:PATH)")
+    s.add_argument("--face-model", default="oracle",
+                   help="FVA/FS face embedding (default: oracle; published: vggface2:PATH; real "
+                   "photos offline: dlib)")
+    s.add_argument("--classifier", help="explained classifier for COUT (default: the run's)")
+    s.add_argument("--train-attr-file", help="attribute file of the training data (CD)")
+    s.add_argument("--sfid-seed", type=int, default=0, help="seed of sFID's random half split")
+    s.add_argument("--no-cache", action="store_true", help="do not read/write RUN/.features")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--compare", nargs="+", metavar="RUN",
+                   help="print these evaluated runs beside the published numbers")
     s.set_defaults(func=cmd_evaluate)
 
     s = _sub(sub, "explain", "LRP heatmaps of originals and counterfactuals + panel figure")

@@ -4,6 +4,8 @@
 project's best configuration on the same toy images, classifier and LDM.
 ``ldvce bench generate --gpu``: the same comparison for time per image with the exact CompVis
 architecture at 256² (random weights) on a CUDA GPU.
+``ldvce bench generate --protocol full``: both, written as run folders (both directions) and
+evaluated with the published protocol (FID, sFID, FVA, FS, MNAC, CD, COUT, FR; toy-oracle networks).
 ``ldvce bench ldm``: quality of the shipped toy LDM on unseen toy images.
 ``ldvce bench lrp``: LRP relevance mass in the mouth for every composite, the toy ResNet (local
 evidence) side by side with the oracle (a plain stride-32 ResNet18) on the same faces.
@@ -85,6 +87,60 @@ def bench_generate_toy(n: int = 8, device="cpu", seed_n: int | None = None) -> d
     best = _run_config(BEST, problem, x, region)
     return {"world": "toyfaces", "device": str(device), "rows": rows, "seed_faithful": seed,
             "best": best, "speedup": best["images_per_s"] / seed["images_per_s"]}
+
+
+def pick_both_directions(clf, data, n: int, device="cpu") -> list[int]:
+    """The first ``n // 2`` test rows the classifier calls not smiling and the first
+    ``n - n // 2`` it calls smiling: the published protocol explains both directions (CD needs
+    both)."""
+    from classifier.evaluate import dataset_for, predict
+    logits, _, rows = predict(clf, dataset_for(data, split="all"), device=device, progress=False)
+    no, yes = rows[logits[:, 31] <= 0].tolist(), rows[logits[:, 31] > 0].tolist()
+    return no[:n // 2] + yes[:n - n // 2]
+
+
+def bench_protocol_toy(n: int = 32, device="cpu", out="runs/bench-protocol") -> dict:
+    """Seed-faithful vs best, each written as a run folder (``OUT/seed``, ``OUT/guided``) on the
+    same unseen toy faces (both directions, target = the other decision) and evaluated with the
+    full published protocol; the toy oracle stands in for the Inception features, the face model
+    and the CelebA-HQ oracle, the training data's attribute file gives CD's correlations."""
+    from dvce import runner
+    from dvce.samplers import Problem
+    from ldvce.protocol import run_protocol
+    from ldvce.toyworld import TRAIN_DATA, toy_data
+    import toyfaces
+    data, clf, ldm, _ = _toy_setup(n, device)
+    rows = pick_both_directions(clf, data, n, device)
+    lmdb, attr = toyfaces.paths(data)
+    items = runner.lmdb_items(lmdb, attr, rows, ldm.image_size)
+    train_attr = toyfaces.paths(toy_data(TRAIN_DATA))[1]
+    result = {"world": "toyfaces", "data": str(data), "rows": rows, "runs": {}}
+    for name, cfg in (("seed", SEED_FAITHFUL), ("guided", BEST)):
+        run = Path(out) / name
+        if run.exists():
+            import shutil
+            shutil.rmtree(run)  # a benchmark measures afresh
+        t0 = time.perf_counter()
+        summary = runner.run(items, Problem(ldm, clf, 31), run, method=cfg["method"],
+                             batch_size=cfg["batch_size"], options=dict(cfg["options"]),
+                             settings={"attribute": "Smiling", "classifier": "toy_resnet",
+                                       "ldm": "toy"}, progress=False)
+        seconds = time.perf_counter() - t0
+        m = run_protocol(run, oracle="toy_oracle", train_attr_file=train_attr, masks=data,
+                         device=device)
+        result["runs"][name] = {"run": str(run), "images_per_s": len(items) / seconds,
+                                "flip_rate": summary["flip_rate"], "metrics": m}
+    return result
+
+
+def _print_protocol(r: dict) -> None:
+    from ldvce.protocol import compare_runs
+    print(compare_runs([v["run"] for v in r["runs"].values()]))
+    for name, v in r["runs"].items():
+        m = v["metrics"]
+        print(f"{name}: {v['images_per_s']:.3f} images/s, L1 {m['l1']:.4f}, localisation "
+              f"{m.get('localization', float('nan')):.2f}, MNAC with the query "
+              f"{m['mnac']['with_query']:.2f}")
 
 
 def bench_generate_gpu(n: int = 8, iterations: int = 5) -> dict:
@@ -266,6 +322,11 @@ def bench_command(a) -> None:
             return
         r = bench_generate_gpu(a.n)
         print(json.dumps(r, indent=2))
+    elif getattr(a, "protocol", "basic") == "full":
+        r = bench_protocol_toy(a.n, _device(a.device), out=a.out)
+        _print_protocol(r)
+        for v in r["runs"].values():
+            v["metrics"].pop("per_image", None)
     else:
         r = bench_generate_toy(a.n, _device(a.device))
         _print_generate(r)

@@ -391,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gpu", action="store_true",
                    help="time the exact CompVis architecture at 256² on CUDA (random weights)")
     b.add_argument("--device", default="auto")
+    b.add_argument("--protocol", choices=["basic", "full"], default="basic",
+                   help="full: write both samplers' runs under --out (both directions, --n faces) "
+                   "and print the published protocol's table for them (toy-oracle networks)")
+    b.add_argument("--out", default="runs/bench-protocol", help="run folders of --protocol full")
     b.set_defaults(func=cmd_bench)
     b = _sub(bsub, "ldm", "toy LDM quality: VQ round trip, classifier agreement, DDIM inversion")
     b.add_argument("--n", type=int, default=200)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,3 +367,14 @@ def test_evaluate_protocol_errors_name_the_problem(toy_pairs_run, tmp_path):
               "--fid-features", f"inception:{tmp_path / 'nothere.pth'}", "--no-cache"])
     with pytest.raises(SystemExit, match="no protocol metrics"):
         main(["evaluate", "--compare", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_bench_generate_protocol_full_writes_both_runs(tmp_path):
+    from ldvce.bench import bench_protocol_toy
+    r = bench_protocol_toy(n=2, out=tmp_path)
+    assert set(r["runs"]) == {"seed", "guided"}
+    for v in r["runs"].values():
+        m = json.loads((tmp_path / Path(v["run"]).name / "metrics.json").read_text())
+        assert m["protocol"] == "full" and m["n_pairs"] == 2
+        assert m["cd"]["query_delta_constant"] in (True, False)

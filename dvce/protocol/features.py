@@ -327,11 +327,15 @@ def _split(spec: str) -> tuple[str, str | None]:
     return name, (arg if sep else None)
 
 
+USAGE = {"inception": "inception:PATH", "oracle": "oracle[:CKPT]",
+         "torchvision": "torchvision:ARCH:PATH", "vggface2": "vggface2:PATH", "dlib": "dlib[:DIR]"}
+
+
 def _lookup(registry: dict, spec: str, what: str):
     name, arg = _split(spec)
     if name not in registry:
         raise ValueError(f"unknown {what} {spec!r}; choose from "
-                         f"{', '.join(k + (':PATH' if k != 'oracle' else '[:CKPT]') for k in registry)}")
+                         f"{', '.join(USAGE.get(k, k) for k in registry)}")
     return registry[name], arg
 
 
@@ -398,12 +402,10 @@ class FeatureStore:
         """Rows for ``keys`` (computing the missing ones with ``compute(indices)``); returns the
         rows and how many were computed."""
         table = self._read(network_key)
-        todo = sorted({i for i, k in enumerate(keys) if k not in table},
-                      key=lambda i: i)
-        todo_keys, first = [], {}
-        for i in todo:  # one computation per distinct key
-            if keys[i] not in first:
-                first[keys[i]] = i
+        todo_keys, seen = [], set()
+        for i, k in enumerate(keys):  # one computation per distinct missing key
+            if k not in table and k not in seen:
+                seen.add(k)
                 todo_keys.append(i)
         if todo_keys:
             new = np.asarray(compute(todo_keys), dtype=np.float32)

@@ -78,7 +78,7 @@ def _train_labels(train_attr_file):
     return labels[rows.start:rows.stop], f"rows {rows.start}-{rows.stop - 1} (train split by row)"
 
 
-def _rows(store: FeatureStore, net: Network, keys, paths, progress_name=None):
+def _rows(store: FeatureStore, net: Network, keys, paths):
     def compute(idx):
         return net([read_rgb(paths[i]) for i in idx])
     return store.rows(net.key, keys, compute)

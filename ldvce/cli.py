@@ -306,14 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _sub(sub, "evaluate", "metrics of a generation run: flip rate, L1/L2/SSIM, MNAC, "
              "localisation; --protocol full adds FID, sFID, FVA, FS, MNAC, CD, COUT",
-             description="Metrics of a generation run, written to RUN/metrics.json. With "
-             "--protocol full also the published protocol (DiME/ACE/MaskDiME): FR, FID and sFID "
-             "(originals vs successful counterfactuals), FVA/FS (face verification of each pair), "
-             "MNAC and CD (an attribute oracle), COUT (insertion curves of the explained "
-             "classifier). Network specs: --fid-features inception:PATH | oracle[:CKPT] | "
-             "torchvision:ARCH:PATH; --face-model vggface2:PATH | dlib[:DIR] | oracle[:CKPT]; "
-             "--oracle steex:PATH | steex-mnac:PATH | CKPT | toy name. Features are cached per "
-             "image content in RUN/.features. --compare prints runs beside the published table.")
+             description="Metrics of a generation run, written to RUN/metrics.json.\n\n"
+             "--protocol full adds the published protocol (DiME/ACE/MaskDiME): FR; FID and sFID\n"
+             "(all originals vs the successful counterfactuals); FVA/FS (face verification of each\n"
+             "pair); MNAC and CD (an attribute oracle); COUT (insertion curves of the explained\n"
+             "classifier). Network specs:\n"
+             "  --fid-features  inception:PATH | oracle[:CKPT] | torchvision:ARCH:PATH\n"
+             "  --face-model    vggface2:PATH | dlib[:DIR] | oracle[:CKPT]\n"
+             "  --oracle        steex:PATH | steex-mnac:PATH | CKPT | toy name\n"
+             "A missing weight file is named in the error. Features are cached per image content\n"
+             "in RUN/.features. --compare prints evaluated runs beside the published table.")
     s.epilog = ("examples:\n  ldvce evaluate runs/cf --protocol full --oracle toy_oracle "
                 "--train-attr-file .cache/ldvce/data/toy-train/CelebAMask-HQ-attribute-anno.txt\n"
                 "  ldvce evaluate runs/cf --protocol full --fid-features inception:pt_inception-2015-"
@@ -327,14 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attribute", help="default: the run's attribute")
     s.add_argument("--protocol", choices=["basic", "full"], default="basic",
                    help="basic: flip rate, L1/L2/SSIM, MNAC, localisation; full: the published "
-                   "protocol as well (default: basic)")
+                   "protocol as well")
     s.add_argument("--fid-features", default="oracle",
-                   help="FID/sFID feature network (default: oracle = the --oracle's penultimate "
-                   "features; published: inception:PATH)")
+                   help="FID/sFID feature network (oracle: the --oracle's penultimate features; "
+                   "published: inception:PATH)")
     s.add_argument("--face-model", default="oracle",
-                   help="FVA/FS face embedding (default: oracle; published: vggface2:PATH; real "
-                   "photos offline: dlib)")
-    s.add_argument("--classifier", help="explained classifier for COUT (default: the run's)")
+                   help="FVA/FS face embedding (published: vggface2:PATH; real photos offline: "
+                   "dlib)")
+    s.add_argument("--classifier", help="explained classifier for COUT (default: the run's classifier)")
     s.add_argument("--train-attr-file", help="attribute file of the training data (CD)")
     s.add_argument("--sfid-seed", type=int, default=0, help="seed of sFID's random half split")
     s.add_argument("--no-cache", action="store_true", help="do not read/write RUN/.features")

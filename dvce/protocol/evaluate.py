@@ -256,6 +256,7 @@ def compare_table(runs: dict[str, dict]) -> str:
         lines.append(f"| {name} | " + " | ".join(_fmt(_cell(m, k)) for k, _ in COLUMNS) + " |")
     lines.append("")
     lines.append(f"Published: {PUBLISHED_NETWORKS['data']}; FVA and FR in %.")
+    previous = None
     for name, m in runs.items():
         diffs = []
         for k, _ in COLUMNS:
@@ -266,8 +267,12 @@ def compare_table(runs: dict[str, dict]) -> str:
             kind, published = PUBLISHED_NETWORKS[k]
             if entry.get("kind") != kind:
                 diffs.append(f"{k}: {entry.get('network')} (published: {published})")
-        lines.append(f"{name}: attribute {m.get('attribute')}, {m.get('n_pairs')} pairs; "
-                     + ("networks differ from the published ones —" if diffs else
-                        "same network kinds as published."))
-        lines += [f"  - {d}" for d in diffs]
+        head = f"{name}: attribute {m.get('attribute')}, {m.get('n_pairs')} pairs; "
+        if previous is not None and diffs == previous[1]:
+            lines.append(head + f"the same networks as {previous[0]}.")
+        else:
+            lines.append(head + ("networks differ from the published ones —" if diffs else
+                                 "same network kinds as published."))
+            lines += [f"  - {d}" for d in diffs]
+        previous = (name, diffs)
     return "\n".join(lines)

@@ -92,12 +92,19 @@ def _batched(module_fn, batch_size: int):
 
 
 # ----------------------------------------------------------------------- project classifiers
+_LOADED: dict = {}  # (identity, device) -> model: the oracle serves FID, face and MNAC at once
+
+
 def _load_project(ckpt, resolve, device):
     from classifier.models import load_classifier
     path = Path(resolve(ckpt) if resolve else ckpt)
     if not path.is_file():
         raise WeightsError(f"classifier checkpoint not found: {path}")
-    return load_classifier(path, map_location=device).requires_grad_(False), path
+    key = (file_identity(path), str(device))
+    if key not in _LOADED:
+        _LOADED.clear()  # keep at most one checkpoint's modules alive between runs
+        _LOADED[key] = load_classifier(path, map_location=device).requires_grad_(False)
+    return _LOADED[key], path
 
 
 def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -368,21 +368,62 @@ def _sibling_attr_file(lmdb):
 
 
 @CLI.command("evaluate")
-def evaluate(run: str, *, oracle: str | None = None, masks: str | None = None,
-             attribute: str | None = None) -> dict:
-    """Metrics of a generation run: flip rate, L1/L2/SSIM, MNAC, localisation.
+def evaluate(run: str | None = None, *, oracle: str | None = None, masks: str | None = None,
+             attribute: str | None = None, protocol: Literal["basic", "full"] = "basic",
+             fid_features: str = "oracle", face_model: str = "oracle",
+             classifier: str | None = None, train_attr_file: str | None = None,
+             sfid_seed: int = 0, no_cache: bool = False, device: str = "auto",
+             compare: list[str] | None = None) -> dict | None:
+    """Metrics of a generation run: flip rate, L1/L2/SSIM, MNAC, localisation; --protocol full adds FID, sFID, FVA, FS, CD, COUT.
+
+    Written to RUN/metrics.json. ``--protocol full`` adds the published protocol
+    (DiME/ACE/MaskDiME): FR; FID and sFID (all originals vs the successful counterfactuals);
+    FVA/FS (face verification of each pair); MNAC and CD (an attribute oracle); COUT (insertion
+    curves of the explained classifier). A missing weight file is named in the error; features
+    are cached per image content in RUN/.features. ``--compare`` prints evaluated runs beside
+    the published table.
 
     Parameters
     ----------
     run : str
         Output folder of `ldvce generate`.
     oracle : str
-        Oracle classifier checkpoint or toy name (for MNAC).
+        Attribute oracle (MNAC, CD): classifier checkpoint or toy name; with --protocol full also
+        steex:PATH or steex-mnac:PATH (the published 40-attribute oracle).
     masks : str
         Toyfaces folder with masks.npz (for localisation).
     attribute : str
         Attribute to evaluate (default: the run's).
+    protocol : str
+        basic: flip rate, L1/L2/SSIM, MNAC, localisation; full: the published protocol as well.
+    fid_features : str
+        FID/sFID feature network: inception:PATH (published), oracle[:CKPT] (the oracle's
+        penultimate features, the offline default) or torchvision:ARCH:PATH.
+    face_model : str
+        FVA/FS face embedding: vggface2:PATH (published), dlib[:DIR] (real photos, offline) or
+        oracle[:CKPT] (the toy world).
+    classifier : str
+        Explained classifier for COUT (default: the run's classifier).
+    train_attr_file : str
+        Attribute file of the training data (CD's reference correlations).
+    sfid_seed : int
+        Seed of sFID's random half split.
+    no_cache : bool
+        Do not read or write the feature cache RUN/.features.
+    device : str
+        auto, cpu, cuda or cuda:N.
+    compare : list[str]
+        Print these evaluated runs beside the published numbers (no RUN needed).
     """
+    if compare or protocol == "full":
+        from ldvce.protocol import evaluate_command
+        return evaluate_command(run=run, compare=compare, fid_features=fid_features,
+                                face_model=face_model, oracle=oracle, classifier=classifier,
+                                train_attr_file=train_attr_file, attribute=attribute,
+                                masks=masks, sfid_seed=sfid_seed, device=device,
+                                no_cache=no_cache)
+    if not run:
+        raise SystemExit("ldvce evaluate: give a run folder (or --compare RUN_A RUN_B …)")
     from classifier.models import load_classifier
     from dvce.metrics import evaluate_run, format_table, write_metrics
     from ldvce.toyworld import resolve_classifier
@@ -528,7 +569,8 @@ CLI.group("bench", "benchmarks that print side-by-side ratios")
 
 @CLI.command("bench generate")
 def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
-                   device: str = "auto"):
+                   device: str = "auto", protocol: Literal["basic", "full"] = "basic",
+                   out: str = "runs/bench-protocol"):
     """Seed-faithful lDVCE vs every other sampler with its defaults, same images.
 
     Parameters
@@ -542,9 +584,15 @@ def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
         (--device is not used then).
     device : str
         auto, cpu, cuda or cuda:N.
+    protocol : str
+        full: write the seed-faithful and the default sampler's runs under --out (both
+        directions, --n faces) and print the published protocol's table for them (toy-oracle
+        networks) instead of the speed comparison.
+    out : str
+        Where --protocol full writes its run folders.
     """
     from ldvce.bench import run_generate
-    return run_generate(n, json_path=json, gpu=gpu, device=device)
+    return run_generate(n, json_path=json, gpu=gpu, device=device, protocol=protocol, out=out)
 
 
 @CLI.command("bench ldm")

@@ -4,6 +4,8 @@
 project's best configuration on the same toy images, classifier and LDM.
 ``ldvce bench generate --gpu``: the same comparison for time per image with the exact CompVis
 architecture at 256² (random weights) on a CUDA GPU.
+``ldvce bench generate --devices N``: ``ldvce generate`` on one process against N processes
+(CPU, one thread each) and one process with N threads, same images.
 ``ldvce bench ldm``: quality of the shipped toy LDM on unseen toy images.
 ``ldvce bench lrp``: LRP relevance mass in the mouth for every composite, the toy ResNet (local
 evidence) side by side with the oracle (a plain stride-32 ResNet18) on the same faces.
@@ -123,6 +125,79 @@ def bench_generate_gpu(n: int = 8, iterations: int = 5) -> dict:
     res["speedup"] = res["seed_faithful"]["seconds_per_image"] / res["best"]["seconds_per_image"]
     res["device"] = torch.cuda.get_device_name()
     return res
+
+
+def bench_generate_devices(n: int = 8, devices: int = 2, batch_size: int = 2,
+                           options: dict | None = None, workdir=None) -> dict:
+    """Throughput of ``ldvce generate`` on one process against ``devices`` processes (CPU, one
+    thread each), same toy images and settings; plus one process with ``devices`` threads, the
+    other way to use the same cores.
+
+    Each configuration is a fresh ``ldvce generate`` command, timed end to end (start-up, model
+    loading, generation, writing) and for generation alone (``wall_seconds`` in its summary).
+    The counterfactual PNGs of the 1- and N-process runs are compared byte for byte: with the
+    same batch size and thread count they must agree.
+    """
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import toyfaces
+    from classifier.models import load_classifier
+    from dvce import runfolder as rf
+    from ldvce.toyworld import TEST_DATA, toy_classifier, toy_data
+    data, ckpt = toy_data(TEST_DATA), toy_classifier("toy_resnet")
+    rows = pick_not_smiling(load_classifier(ckpt).requires_grad_(False), data, n)
+    lmdb, attr = toyfaces.paths(data)
+    work = Path(workdir or tempfile.mkdtemp(prefix="ldvce-bench-devices-"))
+    configs = [("1 process x 1 thread", 1, 1), (f"{devices} processes x 1 thread", devices, 1),
+               (f"1 process x {devices} threads", 1, devices)]
+    rows_out = []
+    for name, procs, threads in configs:
+        out = work / f"p{procs}-t{threads}"
+        cmd = [sys.executable, "-m", "ldvce.cli", "generate", "--lmdb", str(lmdb), "--attr-file",
+               str(attr), "--indices", *map(str, rows), "--classifier", str(ckpt), "--ldm", "toy",
+               "--out", str(out), "--batch-size", str(batch_size), "--devices", str(procs),
+               "--accelerator", "cpu"]
+        for k, v in (options or {}).items():
+            cmd += ["--option", f"{k}={v!r}"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        total = time.perf_counter() - t0
+        if r.returncode:
+            raise RuntimeError(f"{name}: ldvce generate failed:\n{r.stderr[-2000:]}")
+        summary = rf.read_summary(out)
+        rows_out.append({"configuration": name, "processes": procs, "threads": threads,
+                         "images": len(rows), "seconds_end_to_end": total,
+                         "seconds_generating": summary["wall_seconds"],
+                         "images_per_s": len(rows) / summary["wall_seconds"],
+                         "images_per_s_end_to_end": len(rows) / total, "run": str(out),
+                         "flip_rate": summary["flip_rate"]})
+    one, many = (work / "p1-t1"), (work / f"p{devices}-t1")
+    same = sum((one / str(r) / rf.COUNTERFACTUAL).read_bytes() ==
+               (many / str(r) / rf.COUNTERFACTUAL).read_bytes() for r in rows)
+    return {"world": "toyfaces", "rows": rows, "batch_size": batch_size, "options": options or {},
+            "cpu_cores": os.cpu_count(), "configurations": rows_out,
+            "speedup": rows_out[1]["images_per_s"] / rows_out[0]["images_per_s"],
+            "speedup_end_to_end": rows_out[1]["images_per_s_end_to_end"]
+            / rows_out[0]["images_per_s_end_to_end"],
+            "identical_counterfactuals": f"{same}/{len(rows)}"}
+
+
+def _print_devices(r: dict) -> None:
+    print(f"ldvce generate on {r['configurations'][0]['images']} toy images, batch size "
+          f"{r['batch_size']}, {r['cpu_cores']} CPU cores")
+    print(f"{'configuration':<26}{'gen s':>8}{'img/s':>8}{'total s':>9}{'img/s':>8}{'flip':>6}")
+    for c in r["configurations"]:
+        print(f"{c['configuration']:<26}{c['seconds_generating']:>8.1f}{c['images_per_s']:>8.3f}"
+              f"{c['seconds_end_to_end']:>9.1f}{c['images_per_s_end_to_end']:>8.3f}"
+              f"{c['flip_rate']:>6.2f}")
+    print(f"speedup of {r['configurations'][1]['configuration']} over 1 process x 1 thread: "
+          f"{r['speedup']:.2f}x generating, {r['speedup_end_to_end']:.2f}x end to end "
+          f"(start-up: each process imports torch and loads the models)")
+    print(f"counterfactual PNGs identical between 1 and {r['configurations'][1]['processes']} "
+          f"processes: {r['identical_counterfactuals']}")
 
 
 @torch.no_grad()
@@ -266,6 +341,9 @@ def bench_command(a) -> None:
             return
         r = bench_generate_gpu(a.n)
         print(json.dumps(r, indent=2))
+    elif getattr(a, "devices", None):
+        r = bench_generate_devices(a.n, a.devices, batch_size=a.batch_size)
+        _print_devices(r)
     else:
         r = bench_generate_toy(a.n, _device(a.device))
         _print_generate(r)

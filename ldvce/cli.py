@@ -128,7 +128,11 @@ def cmd_generate(a):
     from dvce.ldm import load_ldm
     from dvce.samplers import Problem
     torch.manual_seed(a.seed)
-    dev = _device(a.device)
+    several = a.devices is not None  # Lightning Fabric processes (dvce/distributed.py)
+    if several and a.device != "auto":
+        raise SystemExit("ldvce generate: --device picks one device; with --devices use "
+                         "--accelerator (cpu/gpu) instead")
+    dev = torch.device("cpu") if several else _device(a.device)  # each process moves its copy
     ldm = load_ldm(a.ldm, device=dev)
     clf = load_classifier(a.classifier, map_location=dev).requires_grad_(False)
     size = ldm.image_size
@@ -139,13 +143,52 @@ def cmd_generate(a):
         items = runner.lmdb_items(a.lmdb, attr, a.indices, size)
     options = _method_options(a)
     problem = Problem(ldm, clf, attribute_index(a.attribute))
-    summary = runner.run(items, problem, a.out, method=a.method, target=a.target,
-                         batch_size=a.batch_size, options=options,
-                         settings={"attribute": attribute_name(a.attribute), "ldm": str(a.ldm),
-                                   "classifier": str(a.classifier), "seed": a.seed})
+    settings = {"attribute": attribute_name(a.attribute), "ldm": str(a.ldm),
+                "classifier": str(a.classifier), "seed": a.seed}
+    if several:
+        summary = _generate_distributed(a, items, problem, options, settings)
+        if summary is None:
+            return  # not rank 0: rank 0 reports
+    else:
+        summary = runner.run(items, problem, a.out, method=a.method, target=a.target,
+                             batch_size=a.batch_size, options=options, settings=settings)
     print(f"{summary['n']} images: flip rate {summary['flip_rate']:.3f}, mean L1 "
           f"{summary['mean_l1'] or float('nan'):.4f}, {summary['seconds_per_image'] or 0:.2f} s/image "
           f"-> {a.out}")
+
+
+def _generate_distributed(a, items, problem, options, settings):
+    """``generate --devices N [--num-nodes M]``: the same run on several processes."""
+    from dvce.distributed import run_distributed
+    try:
+        return run_distributed(items, problem, a.out, method=a.method, target=a.target,
+                               batch_size=a.batch_size, options=options, settings=settings,
+                               devices=a.devices, num_nodes=a.num_nodes,
+                               accelerator=a.accelerator, strategy=a.strategy)
+    except ValueError as e:
+        raise SystemExit(f"ldvce generate: {e}")
+
+
+def _add_distributed_arguments(s) -> None:
+    """``generate``'s flags for several processes (GPUs, nodes, SLURM tasks)."""
+    from dvce.distributed import ACCELERATORS, STRATEGIES
+    g = s.add_argument_group(
+        "several processes (Lightning Fabric)",
+        "With --devices the images are cut into batches as one process would cut them and\n"
+        "the batches are dealt out to the processes: per-image results equal a one-process\n"
+        "run with the same --batch-size. On one machine Lightning starts the processes itself;\n"
+        "under SLURM start one task per device with srun (docs/slurm_generate.sbatch). A killed\n"
+        "run resumes: finished folders are skipped before the work is split.")
+    g.add_argument("--devices", type=int, metavar="N",
+                   help="processes per node: GPUs with --accelerator gpu, CPU processes with "
+                        "--accelerator cpu (the cores are shared out among them unless "
+                        "OMP_NUM_THREADS is set); under SLURM equal to --ntasks-per-node")
+    g.add_argument("--num-nodes", type=int, default=1, metavar="M",
+                   help="nodes (under SLURM equal to --nodes)")
+    g.add_argument("--accelerator", default="auto", choices=ACCELERATORS,
+                   help="auto uses the GPUs when there are any")
+    g.add_argument("--strategy", default="auto", choices=STRATEGIES,
+                   help="auto is ddp for more than one process (gloo on CPU, NCCL on GPUs)")
 
 
 def _sibling_attr_file(lmdb):
@@ -298,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
+    _add_distributed_arguments(s)
     s.set_defaults(func=cmd_generate)
 
     s = _sub(sub, "evaluate", "metrics of a generation run: flip rate, L1/L2/SSIM, MNAC, localisation")
@@ -355,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gpu", action="store_true",
                    help="time the exact CompVis architecture at 256² on CUDA (random weights)")
     b.add_argument("--device", default="auto")
+    b.add_argument("--devices", type=int, metavar="N",
+                   help="instead: throughput of `ldvce generate` on 1 vs N CPU processes (one "
+                        "thread each) and 1 process with N threads, same toy images")
+    b.add_argument("--batch-size", type=int, default=2, help="with --devices: images per batch "
+                   "(batches are what the processes share out)")
     b.set_defaults(func=cmd_bench)
     b = _sub(bsub, "ldm", "toy LDM quality: VQ round trip, classifier agreement, DDIM inversion")
     b.add_argument("--n", type=int, default=200)

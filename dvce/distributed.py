@@ -117,7 +117,8 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     out, method, target, batch_size, options, settings : as :func:`dvce.runner.run`.
     devices, num_nodes : processes per node and nodes. With ``strategy="ddp"`` (or ``"auto"``
         and more than one process) Lightning starts the other processes of this node by running
-        the same command again, unless a cluster environment (SLURM, torchrun) already did.
+        the same command again, unless a cluster environment (SLURM, torchrun) already did; so
+        call this from a script or the CLI, not from a notebook.
     accelerator : ``"cpu"``, ``"gpu"`` or ``"auto"``.
 
     Per-sample results equal those of :func:`dvce.runner.run` with the same ``batch_size`` on
@@ -125,10 +126,17 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     """
     import torch
     from lightning_fabric import Fabric
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
     from tqdm import tqdm
     from dvce import runner
     from dvce.samplers import get_sampler
     out = Path(out)
+    # refuse bad input on every process before any starts: past the launch, one process
+    # stopping alone leaves the others waiting for it
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1 (got {batch_size})")
+    if len({it.image_id for it in items}) != len(items):
+        raise ValueError("image ids must be unique (two files share a name stem?)")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not supported here; choose from "
                          f"{', '.join(STRATEGIES)} (spawned processes cannot receive the image "
@@ -136,10 +144,12 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     try:
         fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                         strategy=strategy)
-    except (ValueError, RuntimeError, TypeError) as e:
-        raise ValueError(f"cannot set up {devices} process(es) × {num_nodes} node(s) "
+        # with the ddp launcher this starts the node's other processes by running the same
+        # command again (in a notebook Lightning picks a fork launcher, refused here)
+        fabric.launch()
+    except (ValueError, RuntimeError, TypeError, MisconfigurationException) as e:
+        raise ValueError(f"cannot set up {devices} process(es) x {num_nodes} node(s) "
                          f"(accelerator {accelerator!r}, strategy {strategy!r}): {e}") from e
-    fabric.launch()  # with the ddp launcher this starts the node's other processes
     rank, world = fabric.global_rank, fabric.world_size
     wait_group = _long_wait_group()
     problem.ldm.to(fabric.device)

@@ -184,7 +184,8 @@ def _add_distributed_arguments(s) -> None:
                         "--accelerator cpu (the cores are shared out among them unless "
                         "OMP_NUM_THREADS is set); under SLURM equal to --ntasks-per-node")
     g.add_argument("--num-nodes", type=int, default=1, metavar="M",
-                   help="nodes (under SLURM equal to --nodes)")
+                   help="nodes: under SLURM equal to --nodes; without SLURM run the same "
+                        "command on every node with NODE_RANK, MASTER_ADDR and MASTER_PORT set")
     g.add_argument("--accelerator", default="auto", choices=ACCELERATORS,
                    help="auto uses the GPUs when there are any")
     g.add_argument("--strategy", default="auto", choices=STRATEGIES,

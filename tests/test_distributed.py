@@ -235,3 +235,11 @@ def test_crash_mid_write_on_one_rank_then_resume(tmp_path):
     assert status["b_broken"] == "unreadable" and status["b_white"] == "failed"
     summary = rf.read_summary(out)
     assert (summary["n"], summary["n_generated"], summary["processes"]) == (10, 8, 2)
+
+
+def test_cli_refuses_device_with_devices(tmp_path):
+    from ldvce.cli import main
+    with pytest.raises(SystemExit, match="--accelerator"):
+        main(["generate", "--images", str(tmp_path), "--classifier", "x.ckpt", "--out",
+              str(tmp_path / "o"), "--devices", "2", "--device", "cuda:1"])
+    assert not (tmp_path / "o").exists()

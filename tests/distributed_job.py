@@ -15,8 +15,6 @@ import signal
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dvce import runfolder as rf  # noqa: E402

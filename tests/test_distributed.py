@@ -77,7 +77,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert folders == {d.name for d in b.iterdir() if d.is_dir()}  # no .ranks or .partial left
     assert folders == {f"face{i}" for i in range(8)}
     for name in folders:
-        assert (a / name / rf.COUNTERFACTUAL).read_bytes() == (b / name / rf.COUNTERFACTUAL).read_bytes()
+        png = rf.COUNTERFACTUAL
+        assert (a / name / png).read_bytes() == (b / name / png).read_bytes()
         ra, rb = rf.read_result(a / name), rf.read_result(b / name)
         la = [f["logit"] for f in ra["frames"]]
         lb = [f["logit"] for f in rb["frames"]]
@@ -109,7 +110,8 @@ def test_plan_cuts_what_is_left_as_one_process_would(tmp_path):
     assert not (out / RANKS).exists() and not (out / ".05.partial").exists()
     assert {k: e["status"] for k, e in rf.read_manifest(out).items()} == \
         {"01": "ok", "02": "failed", "03": "unreadable"}  # the killed rank's record survived
-    assert shard(plan.batches, 0, 2) == [["00", "04"]] and shard(plan.batches, 1, 2) == [["05", "06"]]
+    assert shard(plan.batches, 0, 2) == [["00", "04"]]
+    assert shard(plan.batches, 1, 2) == [["05", "06"]]
     assert shard(plan.batches, 2, 3) == []
     with pytest.raises(ValueError, match="batch size"):
         plan_run(items, out, batch_size=0)

@@ -149,11 +149,31 @@ def run(items: list[Item], problem: Problem, out, method: str = "guided", target
     """
     from tqdm import tqdm
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rf.clean_partials(out)
     sampler = get_sampler(method)
     options = dict(options or {})
     settings = {"method": method, "options": options, **(settings or {})}
+    order, todo, extra = resume_state(items, out)
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"lDVCE ({method})",
+               unit="img", disable=not progress)
+    for batch in _batches(todo, batch_size):
+        extra.update(generate_batch(batch, problem, out, sampler, target, options, settings))
+        bar.update(len(batch))
+        rewrite_manifest(out, order, extra)
+    bar.close()
+    rewrite_manifest(out, order, extra)
+    return summarize(out, method, settings)
+
+
+def resume_state(items: list[Item], out) -> tuple[list[str], list[Item], dict[str, dict]]:
+    """Where a run into ``out`` stands: ``(order, todo, records)``.
+
+    ``order`` is the input order of the ids, ``todo`` the items without a finished folder or a
+    failure record, ``records`` the failed/unreadable entries of the manifest (kept, not retried).
+    Creates ``out`` and removes folders left half-written by a killed run.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rf.clean_partials(out)
     order = [it.image_id for it in items]
     if len(set(order)) != len(order):
         raise ValueError("image ids must be unique (two files share a name stem?)")
@@ -161,38 +181,43 @@ def run(items: list[Item], problem: Problem, out, method: str = "guided", target
     extra = {k: v for k, v in rf.read_manifest(out).items()
              if v["status"] in ("failed", "unreadable")}
     todo = [it for it in items if it.image_id not in done and it.image_id not in extra]
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"lDVCE ({method})",
-               unit="img", disable=not progress)
-    for batch in _batches(todo, batch_size):
-        xs, ok_items = [], []
-        for it in batch:
-            try:
-                xs.append(it.load())
-                ok_items.append(it)
-            except (UnreadableImageError, OSError, KeyError) as e:
-                extra[it.image_id] = {"image": it.image_id, "status": "unreadable", "reason": str(e)}
-                bar.update(1)
-        if ok_items:
-            x = torch.stack(xs)
-            with torch.no_grad():
-                logit = problem.logit(x.to(problem.ldm.device))
-            tgt = (logit.cpu() <= 0).float() if target == "auto" else torch.full((len(x),), float(target))
-            t0 = time.perf_counter()
-            recorder = FrameRecorder(len(x))  # the frame sequences, reported by the sampler
-            res = sampler(problem, x, tgt, callback=recorder, **options)
-            secs = (time.perf_counter() - t0) / len(x)
-            for i, it in enumerate(ok_items):
-                if res.failed[i]:
-                    extra[it.image_id] = {"image": it.image_id, "status": "failed",
-                                          "reason": res.failed[i]}
-                    continue
-                write_result_folder(out, it.image_id, x[i], res, i, int(tgt[i]), settings, secs,
-                                    it.source, recorder.frames[i], recorder.logits[i])
-            bar.update(len(ok_items))
-        rewrite_manifest(out, order, extra)
-    bar.close()
-    rewrite_manifest(out, order, extra)
-    return summarize(out, method, settings)
+    return order, todo, extra
+
+
+def generate_batch(batch: list[Item], problem: Problem, out: Path, sampler, target, options: dict,
+                   settings: dict) -> dict[str, dict]:
+    """Load one batch, run the sampler on it and write a folder per image; returns the failure
+    and unreadable records of the batch (``{image_id: manifest entry}``).
+
+    The sampler sees exactly the readable images of ``batch`` in order, so a batch gives the same
+    results wherever it runs (the distributed runner shards whole batches for that reason).
+    """
+    records: dict[str, dict] = {}
+    xs, ok_items = [], []
+    for it in batch:
+        try:
+            xs.append(it.load())
+            ok_items.append(it)
+        except (UnreadableImageError, OSError, KeyError) as e:
+            records[it.image_id] = {"image": it.image_id, "status": "unreadable", "reason": str(e)}
+    if not ok_items:
+        return records
+    x = torch.stack(xs)
+    with torch.no_grad():
+        logit = problem.logit(x.to(problem.ldm.device))
+    tgt = (logit.cpu() <= 0).float() if target == "auto" else torch.full((len(x),), float(target))
+    t0 = time.perf_counter()
+    recorder = FrameRecorder(len(x))  # the frame sequences, reported by the sampler
+    res = sampler(problem, x, tgt, callback=recorder, **options)
+    secs = (time.perf_counter() - t0) / len(x)
+    for i, it in enumerate(ok_items):
+        if res.failed[i]:
+            records[it.image_id] = {"image": it.image_id, "status": "failed",
+                                    "reason": res.failed[i]}
+            continue
+        write_result_folder(out, it.image_id, x[i], res, i, int(tgt[i]), settings, secs,
+                            it.source, recorder.frames[i], recorder.logits[i])
+    return records
 
 
 def _batches(items: list, n: int) -> Iterator[list]:

@@ -264,7 +264,9 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
              attr_file: str | None = None, indices: list[int] | None = None, classifier: str,
              ldm: str = "CompVis/ldm-celebahq-256", attribute: str = "Smiling",
              target: Literal["auto", "0", "1"] = "auto", method: str | None = None, out: str,
-             batch_size: int = 8, device: str = "auto", **sampler_options) -> dict:
+             batch_size: int = 8, device: str = "auto", devices: int | None = None,
+             num_nodes: int = 1, accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto",
+             strategy: Literal["auto", "ddp"] = "auto", **sampler_options) -> dict | None:
     """Generate counterfactuals (one folder per image, resumable).
 
     Give --images or --lmdb. The chosen --method's options are its group below (e.g.
@@ -295,7 +297,20 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     batch_size : int
         Images per sampler call.
     device : str
-        auto, cpu, cuda or cuda:N.
+        auto, cpu, cuda or cuda:N (one process; with --devices use --accelerator).
+    devices : int
+        Several processes (Lightning Fabric): processes per node, GPUs with --accelerator gpu,
+        CPU processes with --accelerator cpu; under SLURM equal to --ntasks-per-node. The images
+        are cut into batches as one process would cut them and the batches dealt out, so
+        per-image results equal a one-process run with the same --batch-size; finished folders
+        are skipped before the work is split (docs/slurm_generate.sbatch).
+    num_nodes : int
+        Nodes: under SLURM equal to --nodes; without SLURM run the same command on every node
+        with NODE_RANK, MASTER_ADDR and MASTER_PORT set.
+    accelerator : str
+        With --devices: auto uses the GPUs when there are any.
+    strategy : str
+        With --devices: auto is ddp for more than one process (gloo on CPU, NCCL on GPUs).
     """
     from classifier.attributes import attribute_index, attribute_name
     from classifier.models import load_classifier
@@ -307,7 +322,11 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     if (images is None) == (lmdb is None):
         raise SystemExit("ldvce generate: give exactly one of --images or --lmdb")
     options = _method_options(method, sampler_options)
-    dev = _device(device)
+    several = devices is not None  # Lightning Fabric processes (dvce/distributed.py)
+    if several and device != "auto":
+        raise SystemExit("ldvce generate: --device picks one device; with --devices use "
+                         "--accelerator (cpu/gpu) instead")
+    dev = torch.device("cpu") if several else _device(device)  # each process moves its copy
     model = load_ldm(ldm, device=dev)
     try:
         ckpt = resolve_classifier(classifier)
@@ -320,10 +339,22 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     else:
         items = runner.lmdb_items(lmdb, attr_file or _sibling_attr_file(lmdb), indices, size)
     problem = Problem(model, clf, attribute_index(attribute))
-    summary = runner.run(items, problem, out, method=method, target=target,
-                         batch_size=batch_size, options=options,
-                         settings={"attribute": attribute_name(attribute), "ldm": str(ldm),
-                                   "classifier": str(classifier)})
+    settings = {"attribute": attribute_name(attribute), "ldm": str(ldm),
+                "classifier": str(classifier)}
+    if several:
+        from dvce.distributed import run_distributed
+        try:
+            summary = run_distributed(items, problem, out, method=method, target=target,
+                                      batch_size=batch_size, options=options, settings=settings,
+                                      devices=devices, num_nodes=num_nodes,
+                                      accelerator=accelerator, strategy=strategy)
+        except ValueError as e:
+            raise SystemExit(f"ldvce generate: {e}")
+        if summary is None:
+            return None  # not rank 0: rank 0 reports
+    else:
+        summary = runner.run(items, problem, out, method=method, target=target,
+                             batch_size=batch_size, options=options, settings=settings)
     l1 = summary["mean_l1"]
     print(f"{summary['n_generated']} counterfactuals ({method}): flip rate "
           f"{summary['flip_rate']:.3f}, mean L1 {float('nan') if l1 is None else l1:.4f}, "
@@ -570,7 +601,8 @@ CLI.group("bench", "benchmarks that print side-by-side ratios")
 @CLI.command("bench generate")
 def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
                    device: str = "auto", protocol: Literal["basic", "full"] = "basic",
-                   out: str = "runs/bench-protocol"):
+                   out: str = "runs/bench-protocol", devices: int | None = None,
+                   batch_size: int = 2):
     """Seed-faithful lDVCE vs every other sampler with its defaults, same images.
 
     Parameters
@@ -590,9 +622,15 @@ def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
         networks) instead of the speed comparison.
     out : str
         Where --protocol full writes its run folders.
+    devices : int
+        Instead: throughput of `ldvce generate` on 1 vs N CPU processes (one thread each) and
+        1 process with N threads, same toy images.
+    batch_size : int
+        With --devices: images per batch (batches are what the processes share out).
     """
     from ldvce.bench import run_generate
-    return run_generate(n, json_path=json, gpu=gpu, device=device, protocol=protocol, out=out)
+    return run_generate(n, json_path=json, gpu=gpu, device=device, protocol=protocol, out=out,
+                        devices=devices or 0, batch_size=batch_size)
 
 
 @CLI.command("bench ldm")

@@ -118,6 +118,8 @@ class SampleState:
         self.reconstruction = torch.zeros_like(self.x)
         self.flipped = torch.zeros(b, dtype=torch.bool)
         self.iterations = torch.zeros(b, dtype=torch.long)
+        self._flipped_below_margin: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._last_frame = [0] * b
         self.frame(0, torch.arange(b), self.x, self.logit0)
 
     def todo(self) -> torch.Tensor:
@@ -127,6 +129,8 @@ class SampleState:
     def frame(self, i: int, samples: torch.Tensor, img: torch.Tensor, logit: torch.Tensor,
               x0: torch.Tensor | None = None) -> None:
         """Report frame ``i`` of ``samples`` (rows of ``img``/``logit``) to the callback."""
+        for k in samples.tolist():
+            self._last_frame[k] = i
         if self.callback is not None:
             self.callback({"i": i, "samples": samples, "img": img.detach(),
                            "logit": logit.detach(), "x0": None if x0 is None else x0.detach()})
@@ -136,7 +140,8 @@ class SampleState:
         """Record a try of ``samples``: non-finite ones fail, ones whose logit passed the
         decision boundary by ``margin`` toward the target (all of them on the ``last`` try)
         finish with ``img`` as counterfactual, the others keep running. ``flipped`` records
-        whether the decision flipped at all. Returns the per-row finiteness mask."""
+        whether the decision flipped at all; a sample whose last try did not flip falls back to
+        its first try that did (below the margin). Returns the per-row finiteness mask."""
         img, logit = img.detach(), logit.detach()
         ok = _finite(img, logit)
         target = self.target[samples]
@@ -144,11 +149,20 @@ class SampleState:
         done = flipped & ((2 * target - 1) * logit >= margin)
         for j, i in enumerate(samples.tolist()):
             if bool(ok[j]) and not (bool(done[j]) or last):
+                if bool(flipped[j]) and i not in self._flipped_below_margin:
+                    # flipped, but not by the margin: kept in case no later try flips
+                    self._flipped_below_margin[i] = (img[j], logit[j], iterations)
                 continue
             self.counterfactual[i], self.iterations[i] = img[j], iterations
             self.running[i] = False
             if bool(ok[j]):
                 self.flipped[i] = bool(flipped[j])
+                if not self.flipped[i] and i in self._flipped_below_margin:
+                    fb_img, fb_logit, self.iterations[i] = self._flipped_below_margin[i]
+                    self.counterfactual[i], self.flipped[i] = fb_img, True
+                    # the sequence ends with the image kept, so its last frame is the result
+                    self.frame(self._last_frame[i] + 1, torch.tensor([i]), fb_img[None],
+                               fb_logit[None])
             else:
                 self.failed[i] = NON_FINITE
         return ok

@@ -326,7 +326,7 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     if several and device != "auto":
         raise SystemExit("ldvce generate: --device picks one device; with --devices use "
                          "--accelerator (cpu/gpu) instead")
-    dev = torch.device("cpu") if several else _device(device)  # each process moves its copy
+    dev = _device("cpu" if several else device)  # with --devices each process moves its own copy
     model = load_ldm(ldm, device=dev)
     try:
         ckpt = resolve_classifier(classifier)

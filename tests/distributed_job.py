@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dvce import runfolder as rf  # noqa: E402
 from dvce import runner  # noqa: E402
 from dvce.distributed import run_distributed  # noqa: E402
-from dvce.ldm import build_random_ldm, toy_unet_config, toy_vq_config  # noqa: E402
+from dvce.ldm import build_random_ldm  # noqa: E402
+from toyfaces.ldm import toy_unet_config, toy_vq_config  # noqa: E402
 from dvce.samplers import Problem  # noqa: E402
 from test_dvce import BrightnessClassifier  # noqa: E402  (this script's folder is on sys.path)
 

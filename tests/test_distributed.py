@@ -119,7 +119,8 @@ def test_plan_cuts_what_is_left_as_one_process_would(tmp_path):
 
 def test_one_process_through_fabric_equals_the_runner(tmp_path):
     from test_dvce import BrightnessClassifier, _images
-    from dvce.ldm import build_random_ldm, toy_unet_config, toy_vq_config
+    from dvce.ldm import build_random_ldm
+    from toyfaces.ldm import toy_unet_config, toy_vq_config
     from dvce.samplers import Problem
     folder = tmp_path / "in"
     folder.mkdir()

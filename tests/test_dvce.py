@@ -194,11 +194,17 @@ def test_guided_margin_retries_until_the_logit_is_past_it(problem):
     t = torch.ones(2)
     opts = dict(num_steps=4, scale=0.3, retry_scales=(0.6, 1.2))
     plain = get_sampler("guided")(problem, x, t, **opts)
-    strict = get_sampler("guided")(problem, x, t, margin=50.0, **opts)
+    rec = FrameRecorder(2)
+    strict = get_sampler("guided")(problem, x, t, margin=50.0, callback=rec, **opts)
     assert strict.info["scale"] == pytest.approx([1.2, 1.2])  # a 50-logit margin is never met: every scale tried
     assert plain.info["scale"][0] <= strict.info["scale"][0]
     logit = problem.logit(strict.counterfactual)
+    # a try that flipped below the margin is kept when the last try does not flip, and the
+    # sequence ends with the image kept
     assert strict.flipped.tolist() == (logit > 0).tolist()
+    for k in range(2):
+        assert torch.equal(rec.frames[k][-1], strict.counterfactual[k].cpu())
+        assert rec.logits[k][-1] == pytest.approx(float(logit[k]), abs=1e-4)
 
 
 def test_guided_views_are_fixed_transforms():
@@ -216,7 +222,7 @@ def test_guided_views_change_the_guidance_and_stay_deterministic(problem):
     opts = dict(num_steps=4, retry_scales=(), views=4)
     a = get_sampler("guided")(problem, x, t, **opts)
     b = get_sampler("guided")(problem, x, t, **opts)
-    one = get_sampler("guided")(problem, x, t, num_steps=4, retry_scales=())
+    one = get_sampler("guided")(problem, x, t, num_steps=4, retry_scales=(), views=1)
     assert torch.equal(a.counterfactual, b.counterfactual)
     assert not torch.equal(a.counterfactual, one.counterfactual)
     with pytest.raises(ValueError, match="views"):
@@ -234,3 +240,27 @@ def test_oracle_changes_name_the_attributes():
     valid[[22, 31]] = True
     assert oracle_changes(before, after, 31, valid) == [["Mustache"], []]
     assert mnac(before, after, 31, valid).tolist() == [1.0, 0.0]
+
+
+def test_a_try_that_flipped_below_the_margin_is_kept_when_the_last_does_not_flip():
+    from dvce.samplers import SampleState
+
+    class Mean(torch.nn.Module):  # attribute 31 = the mean pixel value
+        def forward(self, x):
+            out = torch.zeros(len(x), 40)
+            out[:, 31] = x.flatten(1).mean(1)
+            return out
+
+    ldm = build_random_ldm(toy_vq_config(64), toy_unet_config(16), seed=1)
+    rec = FrameRecorder(1)
+    state = SampleState(Problem(ldm, Mean(), 31), torch.full((1, 3, 64, 64), -0.5), torch.ones(1), rec)
+    one = torch.tensor([0])
+    flipped_try, worse_try = torch.full((1, 3, 64, 64), 0.1), torch.full((1, 3, 64, 64), -0.2)
+    state.frame(2, one, flipped_try, torch.tensor([0.1]))
+    state.settle(one, flipped_try, torch.tensor([0.1]), 1, last=False, margin=3.0)
+    assert state.running.tolist() == [True]  # flipped, but not by the margin: retried
+    state.frame(2, one, worse_try, torch.tensor([-0.2]))  # the retry restarts the sequence
+    state.settle(one, worse_try, torch.tensor([-0.2]), 2, last=True, margin=3.0)
+    assert state.flipped.tolist() == [True] and int(state.iterations[0]) == 1
+    assert torch.equal(state.counterfactual[0], flipped_try[0])
+    assert rec.logits[0][-1] == pytest.approx(0.1) and torch.equal(rec.frames[0][-1], flipped_try[0])

@@ -256,10 +256,10 @@ def test_a_try_that_flipped_below_the_margin_is_kept_when_the_last_does_not_flip
     state = SampleState(Problem(ldm, Mean(), 31), torch.full((1, 3, 64, 64), -0.5), torch.ones(1), rec)
     one = torch.tensor([0])
     flipped_try, worse_try = torch.full((1, 3, 64, 64), 0.1), torch.full((1, 3, 64, 64), -0.2)
-    state.frame(2, one, flipped_try, torch.tensor([0.1]))
+    state.frame(1, one, flipped_try, torch.tensor([0.1]))
     state.settle(one, flipped_try, torch.tensor([0.1]), 1, last=False, margin=3.0)
     assert state.running.tolist() == [True]  # flipped, but not by the margin: retried
-    state.frame(2, one, worse_try, torch.tensor([-0.2]))  # the retry restarts the sequence
+    state.frame(1, one, worse_try, torch.tensor([-0.2]))  # the retry restarts the sequence
     state.settle(one, worse_try, torch.tensor([-0.2]), 2, last=True, margin=3.0)
     assert state.flipped.tolist() == [True] and int(state.iterations[0]) == 1
     assert torch.equal(state.counterfactual[0], flipped_try[0])

@@ -327,7 +327,7 @@ class PassResult:
 
 def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 0.3,
            retry_scales: tuple[float, ...] = (0.6, 1.2, 2.4), l1_weight: float = 1.0,
-           num_steps: int = 20, t_start: int = 500, mask: bool = True,
+           num_steps: int = 10, t_start: int = 600, mask: bool = True,
            mask_fraction: float = 0.04, mask_dilate: int = 1, mask_from: int = 3,
            guide_tail: int = 0, margin: float = 3.0, views: int = 4,
            callback: Callable | None = None) -> CFBatch:
@@ -344,10 +344,12 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
 
     The defaults aim at changes an independent observer also sees (the toy world's oracle
     judged, never guided): a logit ``margin`` of 3 instead of stopping at the sign change,
-    guidance through 4 fixed views (mirror, shifts) instead of one image, and an undilated mask
-    of 4 % of the latent positions. On 48 unseen toy faces they raised oracle agreement from
-    0.92 to 0.96 and localisation from 0.68 to 0.87, lowered MNAC from 0.42 to 0.31 and L1
-    from 0.009 to 0.006, at about the same speed.
+    guidance through 4 fixed views (mirror, shifts) instead of one image, an undilated mask of
+    4 % of the latent positions, and a coarse chain of 6 DDIM steps from t = 600
+    (``num_steps`` 10) instead of 11 from t = 500, which halves the decoder passes. On 48 unseen
+    toy faces (toy ResNet) they give flip 1.00, oracle agreement 0.96 (0.92 with the first
+    defaults), localisation 0.87 (0.68), MNAC 0.29 (0.42) and L1 0.006 (0.009), at 21× the
+    seed-faithful speed (README, "Counterfactuals an observer also sees").
 
     Parameters
     ----------

@@ -192,7 +192,7 @@ def test_guided_margin_retries_until_the_logit_is_past_it(problem):
     margin never changes what `flipped` means."""
     x = _images(2)
     t = torch.ones(2)
-    opts = dict(num_steps=4, scale=0.3, retry_scales=(0.6, 1.2))
+    opts = dict(num_steps=4, t_start=500, scale=0.3, retry_scales=(0.6, 1.2))
     plain = get_sampler("guided")(problem, x, t, **opts)
     rec = FrameRecorder(2)
     strict = get_sampler("guided")(problem, x, t, margin=50.0, callback=rec, **opts)
@@ -219,10 +219,10 @@ def test_guided_views_are_fixed_transforms():
 
 def test_guided_views_change_the_guidance_and_stay_deterministic(problem):
     x, t = _images(2, seed=3), torch.ones(2)
-    opts = dict(num_steps=4, retry_scales=(), views=4)
+    opts = dict(num_steps=4, t_start=500, retry_scales=(), views=4)
     a = get_sampler("guided")(problem, x, t, **opts)
     b = get_sampler("guided")(problem, x, t, **opts)
-    one = get_sampler("guided")(problem, x, t, num_steps=4, retry_scales=(), views=1)
+    one = get_sampler("guided")(problem, x, t, num_steps=4, t_start=500, retry_scales=(), views=1)
     assert torch.equal(a.counterfactual, b.counterfactual)
     assert not torch.equal(a.counterfactual, one.counterfactual)
     with pytest.raises(ValueError, match="views"):

@@ -165,9 +165,11 @@ def interventions(models: dict, folder, rows) -> dict:
     """The answer key from the renderer: each face of ``rows`` re-rendered with a hat, and with
     its mouth mirrored into a smile (same curvature, other sign), everything else equal.
 
-    Returns per model name ``{"hat": share called smiling with a hat added, "smile": share
-    called smiling with the smile, "hat_seen": share whose Wearing_Hat logit is positive with
-    the hat added}`` (the last checks that the oracle can see the rendered hats).
+    Returns ``{"rates": {model name: {"hat": share called smiling with a hat added, "smile":
+    share called smiling with the smile, "hat_seen": share whose Wearing_Hat logit is positive
+    with the hat added}}, "logits": {model name: {"hat": [...], "smile": [...]}} (Smiling, per
+    face), "images": {"hat": (N, H, W, 3) uint8, "smile": …}}``. ``hat_seen`` of the oracle
+    checks that it can see the rendered hats.
     """
     import torch
     import toyfaces
@@ -178,18 +180,16 @@ def interventions(models: dict, folder, rows) -> dict:
     hat, smile = base.take(slice(None)), base.take(slice(None))
     hat.hat = np.ones(len(base), bool)
     smile.smile = np.abs(base.smile)
-
-    def tensor(f):
-        return torch.from_numpy(render(f)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-    x_hat, x_smile = tensor(hat), tensor(smile)
-    out = {}
+    images = {"hat": render(hat), "smile": render(smile)}
+    x = {k: torch.from_numpy(v).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for k, v in images.items()}
+    out = {"rates": {}, "logits": {}, "images": images}
     with torch.no_grad():
         for name, m in models.items():
-            lh, ls = m(x_hat), m(x_smile)
-            out[name] = {"hat": float((lh[:, s] > 0).float().mean()),
-                         "smile": float((ls[:, s] > 0).float().mean()),
-                         "hat_seen": float((lh[:, h] > 0).float().mean())}
+            lh, ls = m(x["hat"]), m(x["smile"])
+            out["rates"][name] = {"hat": float((lh[:, s] > 0).float().mean()),
+                                  "smile": float((ls[:, s] > 0).float().mean()),
+                                  "hat_seen": float((lh[:, h] > 0).float().mean())}
+            out["logits"][name] = {"hat": lh[:, s].tolist(), "smile": ls[:, s].tolist()}
     return out
 
 
@@ -449,12 +449,13 @@ def run_experiment(out="runs/spurious", n_images: int = 16, strength: float = ST
           "classifiers call not smiling")
     # the answer key: the same faces re-rendered with a hat / with a smile
     key = interventions({**models, "oracle": oracle}, sets["decorrelated"], rows)
+    rates = key["rates"]
     ldm = load_ldm("toy")
     results = {}
     for role, clf in models.items():
         acc = accuracies(clf, sets)
-        acc["intervention_hat_rate"] = key[role]["hat"]
-        acc["intervention_smile_rate"] = key[role]["smile"]
+        acc["intervention_hat_rate"] = rates[role]["hat"]
+        acc["intervention_smile_rate"] = rates[role]["smile"]
         say(f"{role}: Smiling accuracy correlated {acc['accuracy_correlated']:.3f}, "
               f"decorrelated {acc['accuracy_decorrelated']:.3f}, hat ≠ smile "
               f"{acc['accuracy_conflicting']:.3f}")
@@ -480,10 +481,10 @@ def run_experiment(out="runs/spurious", n_images: int = 16, strength: float = ST
              "options": dict(options or {}), "data_seed": data_seed, "images": len(rows),
              "rows": rows, "composite": COMPOSITE,
              "classifiers": {role: str(p) for role, p in ckpts.items()},
-             "oracle_sees_rendered_hats": key["oracle"]["hat_seen"],
+             "oracle_sees_rendered_hats": rates["oracle"]["hat_seen"],
              **{role: _public(r) for role, r in results.items()}}
     if figure:
-        overview_figure(out, results, out / "overview.png")
+        overview_figure(out, results, out / "overview.png", answer_key=key, rows=rows)
     summary = {"spurious": block, "seconds": round(time.perf_counter() - t0, 1)}
     for role in ROLES:
         write_json(out / role / "scores.json",
@@ -507,47 +508,57 @@ def _rate(v) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{100 * v:.0f} %"
 
 
-def overview_figure(out, results: dict, path, n_show: int = 4, n_refs: int = 6, dpi: int = 130):
+def overview_figure(out, results: dict, path, answer_key: dict | None = None,
+                    rows: list[int] | None = None, n_show: int = 4, dpi: int = 130):
     """The experiment in one picture: per face, the original, then for the biased and the clean
     classifier the counterfactual, |Δ| (hat region outlined cyan, mouth yellow) and the LRP
-    map of the counterfactual; below, each classifier's most changed CRP concept with its
-    reference images."""
+    map of the counterfactual, then (with ``answer_key`` from :func:`interventions` for
+    ``rows``) the same face rendered with a hat and with a smile; below, each classifier's most
+    changed CRP concept with its reference images."""
     from xai.render import _figure, heatmap_rgb, save_figure, symmetric_vmax, to_uint8_image
     ids = [i for i in results["biased"]["maps"] if i in results["clean"]["maps"]][:n_show]
     crp_rows = [(role, results[role]["crp"]) for role in ROLES if results[role].get("crp")]
-    ncols, cell = 7, 1.25
+    key_cols = 2 if answer_key is not None and rows is not None else 0
+    ncols, cell = 7 + key_cols, 1.3
     nrows = len(ids) + len(crp_rows)
-    fig = _figure(ncols * cell + 0.3, nrows * cell + 1.2)
-    gs = fig.add_gridspec(nrows, ncols, wspace=0.06, hspace=0.28)
-    heads = ["original"] + [f"{role}: {what}" for role in ROLES
-                            for what in ("counterfactual", "|Δ|", "LRP (CF)")]
+    fig = _figure(ncols * cell + 0.3, nrows * (cell + 0.1) + 1.3)
+    gs = fig.add_gridspec(nrows, ncols, wspace=0.06, hspace=0.32)
+    heads = (["original"] + [f"{role}: {what}" for role in ROLES
+                             for what in ("CF", "|Δ|", "LRP of CF")]
+             + ["rendered + hat", "rendered + smile"][:key_cols])
 
-    def show(ax, img, title=None, **kw):
+    def show(ax, img, title=None, note=None, **kw):
         ax.imshow(img, interpolation="nearest", **kw)
         ax.set_xticks([]); ax.set_yticks([])
         if title:
             ax.set_title(title, fontsize=7)
+        if note:
+            ax.set_xlabel(note, fontsize=5.5, labelpad=1)
+        return ax
 
     for r, image_id in enumerate(ids):
         b = results["biased"]["maps"][image_id]
-        show(fig.add_subplot(gs[r, 0]), to_uint8_image(b["original"]), heads[0] if r == 0 else None)
-        fig.axes[-1].set_ylabel(f"row {image_id}", fontsize=7)
+        ax = show(fig.add_subplot(gs[r, 0]), to_uint8_image(b["original"]), heads[0] if r == 0 else None)
+        ax.set_ylabel(f"row {image_id}", fontsize=7)
         for k, role in enumerate(ROLES):
             m = results[role]["maps"][image_id]
             e = results[role]["per_image"][image_id]
             c = 1 + 3 * k
-            ax = fig.add_subplot(gs[r, c])
-            show(ax, to_uint8_image(m["counterfactual"]), heads[c] if r == 0 else None)
-            ax.set_xlabel(f"logit {e['logit_pre']:+.1f}→{e['logit_post']:+.1f}", fontsize=6, labelpad=1)
-            ax = fig.add_subplot(gs[r, c + 1])
-            show(ax, m["delta"], heads[c + 1] if r == 0 else None, cmap="magma")
+            show(fig.add_subplot(gs[r, c]), to_uint8_image(m["counterfactual"]),
+                 heads[c] if r == 0 else None, f"logit {e['logit_pre']:+.1f} → {e['logit_post']:+.1f}")
+            ax = show(fig.add_subplot(gs[r, c + 1]), m["delta"], heads[c + 1] if r == 0 else None,
+                      f"hat {e['hat_density']:.2f} · mouth {e['mouth_density']:.2f}", cmap="magma")
             ax.contour(m["hat"], levels=[0.5], colors="cyan", linewidths=0.6)
             ax.contour(m["mouth"], levels=[0.5], colors="yellow", linewidths=0.6)
-            ax.set_xlabel(f"|Δ|/px hat {e['hat_density']:.2f} · mouth {e['mouth_density']:.2f}",
-                          fontsize=6, labelpad=1)
             show(fig.add_subplot(gs[r, c + 2]),
                  heatmap_rgb(m["lrp_post"], symmetric_vmax(m["lrp_post"])),
                  heads[c + 2] if r == 0 else None)
+        if key_cols:
+            i = rows.index(int(image_id))
+            for j, kind in enumerate(("hat", "smile")):
+                lb, lc = (answer_key["logits"][role][kind][i] for role in ROLES)
+                show(fig.add_subplot(gs[r, 7 + j]), answer_key["images"][kind][i],
+                     heads[7 + j] if r == 0 else None, f"biased {lb:+.1f} · clean {lc:+.1f}")
     for j, (role, crp) in enumerate(crp_rows):
         r = len(ids) + j
         if not crp["concepts"]:
@@ -675,7 +686,7 @@ th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><bo
 def run_demo(out="runs/spurious", quick: bool = False) -> dict:
     """``ldvce demo --spurious``: :func:`run_experiment` with the demo's settings, printing where
     the files are."""
-    summary = run_experiment(out, n_images=4 if quick else 16,
+    summary = run_experiment(out, n_images=4 if quick else 12,
                              n_reference=64 if quick else 200, progress=False)
     for name in ("overview.png", "report.html", "summary.json"):
         print(f"  {Path(out) / name}")

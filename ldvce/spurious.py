@@ -13,15 +13,21 @@ answers:
   pixel in the hat region than in the mouth region (also reported: each region's share of Σ|Δ|);
 - what the independent oracle (``toy_oracle``, trained on clean data) sees change: Wearing_Hat
   or Smiling;
+- which change carried a flip: the counterfactual with the original's pixels put back in one
+  region, classified again;
 - where LRP puts the decision's relevance (hat vs mouth mask);
-- which CRP concepts changed most between original and counterfactual, with their reference
-  images and the share of their conditional relevance inside the hat and mouth masks.
+- CRP: the concepts that changed most between original and counterfactual, and each
+  classifier's top concepts for Smiling, with reference images and the share of their
+  conditional relevance inside the hat and mouth masks;
+- the answer key: the renderer draws the same faces with a hat, or with a smile, everything else
+  equal, and each classifier's decision on them says what it really uses.
 
-:func:`run_experiment` does all of it; ``ldvce demo --spurious`` calls it.
+:func:`run_experiment` does all of it; ``ldvce demo --spurious`` calls it. The finding on the toy
+world (README, "What counterfactuals are for"): the answer key, LRP and CRP expose the biased
+classifier's hat; the default ``guided`` counterfactuals mostly hide it.
 """
 from __future__ import annotations
 
-import html
 import shutil
 import time
 from pathlib import Path
@@ -87,7 +93,8 @@ def biased_classifier(strength: float = STRENGTH, quiet: bool = True) -> Path:
     data = spurious_data(strength, progress=not quiet)
     root = cache_dir() / "runs" / name
     args = ["--config", str(CONFIGS / RECIPE), "--data.data_path", str(data),
-            "--data.toy_make", "0", "--trainer.default_root_dir", str(root), "--run_name", name]
+            "--data.make_with", "null",  # never render clean faces in its place
+            "--trainer.default_root_dir", str(root), "--run_name", name]
     if quiet:
         args += ["--trainer.enable_progress_bar", "false"]
     _step(f"training the biased classifier {name} (cached afterwards at {ckpt}) …")
@@ -335,27 +342,24 @@ def score_run(run_dir, clf, oracle, masks: dict, composite: str = COMPOSITE) -> 
     return out
 
 
-def concept_regions(clf, run_dir, concepts: list[str], masks: dict,
+def concept_regions(clf, images, rows, concepts: list[str], masks: dict,
                     composite: str = COMPOSITE) -> dict:
-    """For each CRP concept ``"layer#channel"``: the share of its conditional relevance (absolute
-    values) for Smiling that lies in the hat and in the mouth masks, averaged over the run's
-    counterfactuals. A "hat concept" puts its relevance on the hat."""
-    from classifier.images import load_image
-    from dvce import runfolder
+    """For each CRP concept ``"layer#channel"``: the share of its conditional relevance
+    (absolute values) for Smiling that lies in the hat and in the mouth masks, averaged over
+    ``images`` ((3, H, W) tensors of the toyfaces ``rows`` whose ``masks`` apply). A "hat
+    concept" puts its relevance on the hat."""
     from xai.crp import conditional_heatmaps
     by_layer: dict[str, list[int]] = {}
     for concept in concepts:
         layer, channel = concept.rsplit("#", 1)
         by_layer.setdefault(layer, []).append(int(channel))
     mass = {c: {"hat": [], "mouth": []} for c in concepts}
-    for it in runfolder.list_items(run_dir):
-        cf = load_image(it.counterfactual, None)
+    for image, row in zip(images, rows):
         for layer, channels in by_layer.items():  # one batched CRP pass per image and layer
-            maps = conditional_heatmaps(clf, cf, TARGET, layer, channels, composite)
+            maps = conditional_heatmaps(clf, image, TARGET, layer, channels, composite)
             for channel, heat in zip(channels, maps):
                 for region, key in (("hat", CUE), ("mouth", TARGET)):
-                    mass[f"{layer}#{channel}"][region].append(
-                        absolute_mass(heat, masks[key][it.source_index]))
+                    mass[f"{layer}#{channel}"][region].append(absolute_mass(heat, masks[key][row]))
     return {c: {f"{r}_mass": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
                 for r, v in m.items()} for c, m in mass.items()}
 
@@ -363,11 +367,18 @@ def concept_regions(clf, run_dir, concepts: list[str], masks: dict,
 def crp_analysis(clf, run_dir, masks: dict, reference_data, out_dir, top: int = 3,
                  n_reference: int = 200, max_pairs: int | None = None,
                  progress: bool = True) -> dict:
-    """CRP of one classifier's run: the concepts most often among the most changed between
-    originals and counterfactuals (``ldvce.explain.crp_local``), where their relevance lies
-    (:func:`concept_regions`), and their reference images from relevance maximisation over
-    ``n_reference`` images of ``reference_data`` (``xai.crp.global_analysis``, cached)."""
+    """CRP of one classifier's run, two views of its concepts.
+
+    ``changed``: the concepts most often among the most changed between originals and
+    counterfactuals (``ldvce.explain.crp_local``), with where their relevance lies on the
+    counterfactuals. ``global``: the classifier's top concepts for Smiling over ``n_reference``
+    faces of ``reference_data`` (relevance maximisation, ``xai.crp.global_analysis``, cached),
+    with where their relevance lies on their own reference images. Both get reference images
+    (``concepts.png``); ``references`` maps each concept to its images.
+    """
     from classifier import CelebHQAttrDataset
+    from classifier.images import load_image
+    from dvce import runfolder
     from ldvce.explain import crp_local, model_image_size
     from ldvce.toyworld import cache_dir
     from xai.crp import global_analysis, load_references
@@ -376,24 +387,46 @@ def crp_analysis(clf, run_dir, masks: dict, reference_data, out_dir, top: int = 
     out_dir = Path(out_dir)
     local = crp_local(run_dir, clf, TARGET, CRP_LAYERS, top=4, out_dir=out_dir / "local",
                       max_items=max_pairs, progress=progress)
-    concepts = [c for c, _ in local["most_often_changed"][:top]]
-    regions = concept_regions(clf, run_dir, concepts, masks)
+    changed = [c for c, _ in local["most_often_changed"][:top]]
+    items = runfolder.list_items(run_dir)
+    on_cf = concept_regions(clf, [load_image(it.counterfactual, None) for it in items],
+                            [it.source_index for it in items], changed, masks)
     lmdb, attr = toyfaces.paths(reference_data)
     ds = CelebHQAttrDataset(lmdb, attr, split="all", image_size=model_image_size(clf),
                             augment=False)
     # the relevance maximisation is cached by model, data and settings: shared by every output
-    glob = global_analysis(clf, ds, TARGET, CRP_LAYERS, cache_dir() / "crp-global",
-                           n=n_reference, concepts=concepts, figure=False, progress=progress)
-    references = {c: load_references(glob, c) for c in concepts}
-    rows = [(f"{c.removeprefix('net.')}\nhat {regions[c]['hat_mass']:.2f} · mouth "
-             f"{regions[c]['mouth_mass']:.2f}", references[c]) for c in concepts]
+    where = cache_dir() / "crp-global"
+    ranked = global_analysis(clf, ds, TARGET, CRP_LAYERS, where, n=n_reference, top=1,
+                             figure=False, progress=progress)
+    best = sorted((e for v in ranked["layers"].values() for e in v),
+                  key=lambda e: -e["mean_share"])[:2]
+    glob = global_analysis(clf, ds, TARGET, CRP_LAYERS, where, n=n_reference,
+                           concepts=changed + [e["concept"] for e in best if e["concept"] not in changed],
+                           figure=False, progress=progress)
+    entries = {e["concept"]: e for v in glob["layers"].values() for e in v}
+    ref_masks = toyfaces.load_masks(reference_data)
+    on_refs = {}
+    for e in best:  # where a top concept looks when it is most relevant: its reference faces
+        refs = e["reference_rows"]
+        on_refs.update(concept_regions(clf, [ds.read_image(r) for r in refs], refs,
+                                       [e["concept"]], ref_masks))
+    references = {c: load_references(glob, c) for c in entries}
+    rows = ([(f"changed: {c.removeprefix('net.')}\nhat {on_cf[c]['hat_mass']:.2f} · mouth "
+              f"{on_cf[c]['mouth_mass']:.2f}", references[c]) for c in changed]
+            + [(f"top for {TARGET}: {e['concept'].removeprefix('net.')}\nhat "
+                f"{on_refs[e['concept']]['hat_mass']:.2f} · mouth "
+                f"{on_refs[e['concept']]['mouth_mass']:.2f}", references[e["concept"]])
+               for e in best])
     figure = image_grid_figure(rows, out_dir / "concepts.png",
-                               title="concepts that changed most, and their reference images")
-    refs = {e["concept"]: e for entries in glob["layers"].values() for e in entries}
-    return {"concepts": [{"concept": c, "times_among_most_changed": k, **regions[c],
-                          "mean_share": refs[c]["mean_share"],
-                          "reference_rows": refs[c]["reference_rows"]}
+                               title="CRP concepts and their reference images (relevance on the "
+                                     "hat / mouth masks)")
+    return {"concepts": [{"concept": c, "times_among_most_changed": k, **on_cf[c],
+                          "mean_share": entries[c]["mean_share"],
+                          "reference_rows": entries[c]["reference_rows"]}
                          for c, k in local["most_often_changed"][:top]],
+            "top_concepts": [{"concept": e["concept"], "mean_share": e["mean_share"],
+                              **on_refs[e["concept"]], "reference_rows": e["reference_rows"]}
+                             for e in best],
             "reference_figure": str(figure), "local_dir": str(out_dir / "local"),
             "references": references}
 
@@ -414,7 +447,7 @@ def run_experiment(out="runs/spurious", n_images: int = 16, strength: float = ST
     data_seed, data_size : the unseen test world (both test sets are rendered from it).
     method, options : the counterfactual sampler and its options (default: its own defaults).
     crp : also run the CRP analysis (local pairs, concept regions, reference images).
-    n_reference : images of the decorrelated test set searched for CRP reference images.
+    n_reference : faces of the correlated test set searched for CRP reference images.
     max_pairs : original/counterfactual pairs the CRP local analysis draws and ranks concepts
         on (``None``: all).
     biased, clean : checkpoints to use instead of the cached toy ones (default: trained with
@@ -470,9 +503,14 @@ def run_experiment(out="runs/spurious", n_images: int = 16, strength: float = ST
         score["seconds_per_image"] = gen["seconds_per_image"]
         if crp:
             say(f"{role}: CRP — concepts that changed most, their regions and reference images")
-            score["crp"] = crp_analysis(clf, run_dir, masks, sets["decorrelated"],
+            # reference faces from the world the biased classifier learnt (hats on every
+            # smile), for both: there the top concepts for Smiling separate hat from mouth readers
+            score["crp"] = crp_analysis(clf, run_dir, masks, sets["correlated"],
                                         out / role / "crp", n_reference=n_reference,
                                         max_pairs=max_pairs, progress=progress)
+            top = score["crp"]["top_concepts"][0] if score["crp"]["top_concepts"] else {}
+            score["crp_top_hat_mass"] = top.get("hat_mass")
+            score["crp_top_mouth_mass"] = top.get("mouth_mass")
         results[role] = score
         say(f"{role}: most change on the hat {score['hat_change_rate']:.0%}, on the mouth "
               f"{score['mouth_change_rate']:.0%}; oracle sees hat flip "
@@ -514,7 +552,7 @@ def overview_figure(out, results: dict, path, answer_key: dict | None = None,
     classifier the counterfactual, |Δ| (hat region outlined cyan, mouth yellow) and the LRP
     map of the counterfactual, then (with ``answer_key`` from :func:`interventions` for
     ``rows``) the same face rendered with a hat and with a smile; below, each classifier's most
-    changed CRP concept with its reference images."""
+    relevant CRP concept for Smiling with its reference images."""
     from xai.render import _figure, heatmap_rgb, save_figure, symmetric_vmax, to_uint8_image
     ids = [i for i in results["biased"]["maps"] if i in results["clean"]["maps"]][:n_show]
     crp_rows = [(role, results[role]["crp"]) for role in ROLES if results[role].get("crp")]
@@ -561,14 +599,15 @@ def overview_figure(out, results: dict, path, answer_key: dict | None = None,
                      heads[7 + j] if r == 0 else None, f"biased {lb:+.1f} · clean {lc:+.1f}")
     for j, (role, crp) in enumerate(crp_rows):
         r = len(ids) + j
-        if not crp["concepts"]:
+        if not crp.get("top_concepts"):
             continue
-        top = crp["concepts"][0]
+        top = crp["top_concepts"][0]
         ax = fig.add_subplot(gs[r, 0])
         ax.axis("off")
-        ax.text(1.0, 0.5, f"{role}: most changed\nconcept {top['concept'].removeprefix('net.')}"
-                f"\nrelevance on hat {top['hat_mass']:.2f}\non mouth {top['mouth_mass']:.2f}\n"
-                "reference images →", ha="right", va="center", fontsize=6.5, transform=ax.transAxes)
+        ax.text(1.0, 0.5, f"{role}: top CRP concept\nfor {TARGET}: "
+                f"{top['concept'].removeprefix('net.')}\nrelevance on hat {top['hat_mass']:.2f}"
+                f"\non mouth {top['mouth_mass']:.2f}\nreference images →", ha="right",
+                va="center", fontsize=6.5, transform=ax.transAxes)
         for ci, img in enumerate(crp["references"].get(top["concept"], [])[:ncols - 1]):
             show(fig.add_subplot(gs[r, 1 + ci]), img)
     sb, sc = results["biased"], results["clean"]
@@ -598,6 +637,8 @@ ROWS = [("flip_rate", "counterfactual flips the classifier"),
         ("lrp_mouth_mass", "LRP relevance mass in the mouth mask (both images)"),
         ("lrp_hat_mass_post", "… of the counterfactual, in the hat mask"),
         ("lrp_mouth_mass_post", "… of the counterfactual, in the mouth mask"),
+        ("crp_top_hat_mass", "top CRP concept for Smiling: relevance on the hat"),
+        ("crp_top_mouth_mass", "top CRP concept for Smiling: relevance on the mouth"),
         ("intervention_hat_rate", "answer key: called smiling when a hat is rendered on"),
         ("intervention_smile_rate", "answer key: called smiling when a smile is rendered"),
         ("accuracy_correlated", "Smiling accuracy, hats as in biased training"),
@@ -639,48 +680,75 @@ def world_figure(path, strength: float = STRENGTH, n: int = 8, seed: int = 0):
     return image_grid_figure(rows, path, title="The two toy worlds")
 
 
-def report_section(out, summary: dict) -> str:
-    """The report's HTML section of the experiment (images embedded)."""
-    from ldvce.report import _img
+def reading(summary: dict) -> str:
+    """What the numbers say, in two sentences built from them (no claim the run did not
+    measure): does the answer key show a hat reader, and did its counterfactuals show the hat?"""
+    b = summary["spurious"]
+    bi, cl = b["biased"], b["clean"]
+    key = (f"The answer key says the biased classifier reads the hat: it calls "
+           f"{_rate(bi['intervention_hat_rate'])} of these faces smiling once a hat is drawn on "
+           f"and {_rate(bi['intervention_smile_rate'])} once the smile is drawn (clean: "
+           f"{_rate(cl['intervention_hat_rate'])} and {_rate(cl['intervention_smile_rate'])}).")
+    if bi["hat_change_rate"] >= 0.9 and bi["oracle_hat_flip_rate"] > bi["oracle_smile_flip_rate"]:
+        cf = (f"Its counterfactuals show it: {_rate(bi['hat_change_rate'])} change the hat region "
+              f"most, and the oracle sees a hat appear in {_rate(bi['oracle_hat_flip_rate'])}.")
+    else:
+        cf = (f"Its `{b['method']}` counterfactuals hide it: they flip {_rate(bi['flip_rate'])} of "
+              f"the faces, change the hat region most in only {_rate(bi['hat_change_rate'])} (the "
+              f"mouth in {_rate(bi['mouth_change_rate'])}), and the oracle sees a hat appear in "
+              f"{_rate(bi['oracle_hat_flip_rate'])} but a smile in "
+              f"{_rate(bi['oracle_smile_flip_rate'])}; LRP of the counterfactuals puts "
+              f"{bi['lrp_hat_mass_post']:.2f} of the biased decision's relevance on the hat region "
+              f"(clean: {cl['lrp_hat_mass_post']:.2f}).")
+    return f"{key} {cf}"
+
+
+def report_section(doc, out, summary: dict) -> None:
+    """Append the experiment's section to ``doc`` (a :class:`fileio.report.Report`): what was
+    done, the overview figure, the per-classifier table and the CRP concepts. Any report can
+    carry it; :func:`write_report` makes a page of it alone."""
     out = Path(out)
     b = summary["spurious"]
-
-    def cell(v):
-        return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
-
-    body = "".join(f"<tr><th>{html.escape(label)}</th>" + "".join(
-        f"<td>{cell(b[role].get(key))}</td>" for role in ROLES) + "</tr>" for key, label in ROWS)
-    concepts = ""
+    doc.heading("A classifier that learnt a spurious cue")
+    doc.paragraph(
+        f"Two toy ResNets with the same recipe: the *biased* one was trained where every smiling "
+        f"face wears a hat ({b['cue']} copies {b['target']} with p = {b['strength']:g}), the "
+        f"*clean* one where hats are independent of smiles. Both were asked to make the same "
+        f"{b['images']} unseen not-smiling, hat-less faces (seed {b['data_seed']}) smile with the "
+        f"`{b['method']}` sampler. The toy world's masks say where each counterfactual changed "
+        "the face, the independent oracle what it sees change, and the renderer's answer key "
+        "(the same faces drawn with a hat, or with a smile) what each classifier really uses.")
+    doc.paragraph(reading(summary))
+    doc.image(out / "overview.png", "overview", width=1000, embed=True)
+    doc.table(["", *ROLES], [[label, *(b[role].get(key) for role in ROLES)]
+                             for key, label in ROWS], row_headers=True)
     for role in ROLES:
         crp = b[role].get("crp")
         if not crp:
             continue
-        items = "".join(f"<li>{html.escape(c['concept'])}: relevance on the hat {c['hat_mass']:.2f}, "
-                        f"on the mouth {c['mouth_mass']:.2f} (among the most changed in "
-                        f"{c['times_among_most_changed']} pairs)</li>" for c in crp["concepts"])
-        fig = _img(Path(crp["reference_figure"]), 560) if crp.get("reference_figure") else ""
-        concepts += f"<h3>{role}: concepts that changed most</h3><ul>{items}</ul>{fig}"
-    return f"""<h2>A classifier that learnt a spurious cue</h2>
-<p>Two toy ResNets with the same recipe: the <b>biased</b> one was trained where every smiling
-face wears a hat ({html.escape(b['cue'])} copies {html.escape(b['target'])} with p =
-{b['strength']:g}), the <b>clean</b> one where hats are independent of smiles. Both were asked to
-make the same {b['images']} unseen not-smiling, hat-less faces (seed {b['data_seed']}) smile with
-the <code>{html.escape(b['method'])}</code> sampler. The toy world's masks say where each
-counterfactual changed the face; the independent oracle says what it sees change.</p>
-{_img(out / 'overview.png', 1000)}
-<table><tr><th></th><th>biased</th><th>clean</th></tr>{body}</table>{concepts}"""
+        doc.heading(f"{role}: CRP concepts", 3)
+        doc.paragraph("The concepts that changed most between originals and counterfactuals "
+                      "(relevance measured on the counterfactuals), and the classifier's top "
+                      f"concepts for {TARGET} (relevance measured on their reference images).")
+        doc.table(["concept", "relevance on the hat", "on the mouth", "why listed"],
+                  [[c["concept"], c["hat_mass"], c["mouth_mass"],
+                    f"among the most changed in {c['times_among_most_changed']} pairs"]
+                   for c in crp["concepts"]]
+                  + [[c["concept"], c["hat_mass"], c["mouth_mass"],
+                      f"top for {TARGET} (mean share {c['mean_share']:+.3f})"]
+                     for c in crp.get("top_concepts", [])])
+        if crp.get("reference_figure"):
+            doc.image(crp["reference_figure"], f"{role}: reference images", width=560, embed=True)
 
 
 def write_report(out, summary: dict) -> Path:
     """``out/report.html``: the experiment's section as a page of its own."""
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>lDVCE: spurious cue</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse}}
-th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>
-<h1>lDVCE demo: what counterfactuals are for</h1>{report_section(out, summary)}
-<p>Run time {summary['seconds']:.0f} s.</p></body></html>"""
-    path = Path(out) / "report.html"
-    atomic_write_bytes(path, page.encode())
-    return path
+    from fileio.report import Report
+    doc = Report("lDVCE: a spurious cue")
+    doc.heading("lDVCE demo: what counterfactuals are for", 1)
+    report_section(doc, out, summary)
+    doc.paragraph(f"Run time {summary['seconds']:.0f} s.")
+    return doc.write_html(Path(out) / "report.html")
 
 
 def run_demo(out="runs/spurious", quick: bool = False) -> dict:

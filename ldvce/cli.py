@@ -590,7 +590,8 @@ def demo(*, out: str | None = None, quick: bool = False, retrain: bool = False,
         Fewer images (used by tests).
     retrain : bool
         Train the toy classifier and the oracle here (renders the 12000 training faces; several
-        minutes) instead of using the weights shipped in toyfaces/weights/classifiers.
+        minutes) instead of using the weights shipped in toyfaces/weights/classifiers; with
+        --spurious, the biased classifier.
     spurious : bool
         Instead: a classifier trained where every smiling face wears a hat vs the clean toy
         ResNet, exposed by their counterfactuals, LRP and CRP and scored on the toy world's
@@ -598,7 +599,7 @@ def demo(*, out: str | None = None, quick: bool = False, retrain: bool = False,
     """
     if spurious:  # the Clever Hans experiment: ldvce/spurious.py
         from ldvce.spurious import run_demo as run_spurious
-        return run_spurious(out or "runs/spurious", quick=quick)
+        return run_spurious(out or "runs/spurious", quick=quick, retrain=retrain)
     from ldvce.demo import run_demo
     return run_demo(out or "runs/demo", quick=quick, retrain=retrain)
 

@@ -81,17 +81,27 @@ def test_sets(strength: float = STRENGTH, n: int = TEST_SIZE, seed: int = TEST_S
     return {"decorrelated": clean, "correlated": spurious_data(strength, n, seed, progress)}
 
 
-def biased_classifier(strength: float = STRENGTH, quiet: bool = True) -> Path:
-    """Checkpoint of the toy ResNet recipe trained on :func:`spurious_data` (trained once with
-    the project's own training code, then cached under ``<cache>/models``)."""
-    from ldvce.toyworld import CONFIGS, cache_dir
+def biased_classifier(strength: float = STRENGTH, quiet: bool = True,
+                      retrain: bool = False) -> Path:
+    """Checkpoint of the toy ResNet recipe trained on :func:`spurious_data`.
+
+    At the default strength the shipped weights (``toyfaces/weights/classifiers/
+    toy_resnet_wearing_hat_1.safetensors``, made by this function; see the README there);
+    otherwise, or with ``retrain``, trained here with the project's own training code (renders
+    the 12000 training faces first; several minutes on 2 cores), then cached under
+    ``<cache>/models``."""
+    from ldvce.toyworld import CONFIGS, cache_dir, shipped_classifier
     name = f"toy_resnet_{CUE.lower()}_{strength:g}"
+    shipped = shipped_classifier(name)
+    if not retrain and shipped.exists():
+        return shipped
     ckpt = cache_dir() / "models" / f"{name}.ckpt"
-    if ckpt.exists():
+    if not retrain and ckpt.exists():
         return ckpt
     from classifier.train import main as train_main
     data = spurious_data(strength, progress=not quiet)
     root = cache_dir() / "runs" / name
+    shutil.rmtree(root, ignore_errors=True)  # a fresh run: no version_N of an earlier one
     args = ["--config", str(CONFIGS / RECIPE), "--data.data_path", str(data),
             "--data.make_with", "null",  # never render clean faces in its place
             "--trainer.default_root_dir", str(root), "--run_name", name]
@@ -751,10 +761,12 @@ def write_report(out, summary: dict) -> Path:
     return doc.write_html(Path(out) / "report.html")
 
 
-def run_demo(out="runs/spurious", quick: bool = False) -> dict:
+def run_demo(out="runs/spurious", quick: bool = False, retrain: bool = False) -> dict:
     """``ldvce demo --spurious``: :func:`run_experiment` with the demo's settings, printing where
-    the files are."""
-    summary = run_experiment(out, n_images=4 if quick else 12,
+    the files are. ``retrain``: train the biased classifier here instead of using the shipped
+    weights (the clean one and the oracle are shipped as in the main demo)."""
+    biased = biased_classifier(retrain=True, quiet=False) if retrain else None
+    summary = run_experiment(out, n_images=4 if quick else 12, biased=biased,
                              n_reference=64 if quick else 200, progress=False)
     for name in ("overview.png", "report.html", "summary.json"):
         print(f"  {Path(out) / name}")

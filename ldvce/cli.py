@@ -30,6 +30,7 @@ DESCRIPTION = ("Latent diffusion visual counterfactual explanations (lDVCE), LRP
 
 EPILOG = """examples:
   ldvce demo --out runs/demo                      whole pipeline on the offline toy world
+  ldvce demo --spurious                           a classifier with a spurious cue, exposed
   ldvce toy make-data data/toy --n 2000 --seed 3  render a toyfaces dataset (CelebA-HQ formats)
   ldvce train --config configs/classifier/toy_resnet.yaml
   ldvce generate --lmdb data/celebahq256.lmdb --attr-file data/CelebAMask-HQ-attribute-anno.txt \\
@@ -577,21 +578,30 @@ _script_command("study serve", "study.serve.server",
 
 # ------------------------------------------------------------------------------------ demo
 @CLI.command("demo")
-def demo(*, out: str = "runs/demo", quick: bool = False, retrain: bool = False) -> dict:
+def demo(*, out: str | None = None, quick: bool = False, retrain: bool = False,
+         spurious: bool = False) -> dict:
     """The whole pipeline on the toy world; writes overview.png, report.html.
 
     Parameters
     ----------
     out : str
-        Output folder.
+        Output folder (default runs/demo, or runs/spurious with --spurious).
     quick : bool
         Fewer images (used by tests).
     retrain : bool
         Train the toy classifier and the oracle here (renders the 12000 training faces; several
-        minutes) instead of using the weights shipped in toyfaces/weights/classifiers.
+        minutes) instead of using the weights shipped in toyfaces/weights/classifiers; with
+        --spurious, the biased classifier.
+    spurious : bool
+        Instead: a classifier trained where every smiling face wears a hat vs the clean toy
+        ResNet, exposed by their counterfactuals, LRP and CRP and scored on the toy world's
+        ground truth (overview.png, report.html, summary.json with a "spurious" block).
     """
+    if spurious:  # the Clever Hans experiment: ldvce/spurious.py
+        from ldvce.spurious import run_demo as run_spurious
+        return run_spurious(out or "runs/spurious", quick=quick, retrain=retrain)
     from ldvce.demo import run_demo
-    return run_demo(out, quick=quick, retrain=retrain)
+    return run_demo(out or "runs/demo", quick=quick, retrain=retrain)
 
 
 # ----------------------------------------------------------------------------------- bench

@@ -51,3 +51,18 @@ def test_counterfactual_and_crp_notebooks(tmp_path, toy_resnet_ckpt):
         "classifier": "toy_resnet", "run": str(run), "data": str(Path(lmdb).parent), "attr_file": None,
         "n_images": 64, "out": str(tmp_path / "crp"), "device": "cpu"}, tmp_path)
     assert list((tmp_path / "crp").rglob("*.png"))
+
+
+def test_clever_hans_notebook(tmp_path):
+    """The spurious-cue notebook on a small setting (2 faces, CRP references from 32 faces)."""
+    import json
+    out = tmp_path / "clever_hans"
+    run_notebook("clever_hans", {"n_images": 2, "n_reference": 32, "out": str(out)}, tmp_path)
+    summary = json.loads((out / "summary.json").read_text())["spurious"]
+    for role in ("biased", "clean"):
+        for key in ("hat_change_rate", "mouth_change_rate", "oracle_hat_flip_rate",
+                    "oracle_smile_flip_rate", "lrp_hat_mass", "lrp_mouth_mass",
+                    "accuracy_correlated", "accuracy_decorrelated"):
+            assert 0.0 <= summary[role][key] <= 1.0, (role, key)
+        assert summary[role]["crp"]["concepts"]
+    assert (out / "overview.png").exists() and (out / "worlds.png").exists()

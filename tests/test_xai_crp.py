@@ -271,3 +271,22 @@ def test_global_analysis_200_toy_images_cached(toy, tmp_path):
                               top=4, n_refs=6, progress=False)
     assert again["layers"] == first["layers"] and again["cache"] == first["cache"]
     assert time.time() - t1 < seconds / 2  # from the cache
+
+
+def test_global_analysis_draws_the_concepts_asked_for(toy, tmp_path):
+    """``concepts=`` (e.g. those a local analysis found changed) replaces the top ranking, and
+    :func:`load_references` reads their images back; a malformed or foreign concept is named."""
+    model, test = toy
+    r = C.global_analysis(model, test, "Smiling", ["net.layer3", "net.layer4"], tmp_path, n=32,
+                          n_refs=3, concepts=["net.layer4#5", "net.layer3#7"], progress=False)
+    assert [e["concept"] for e in r["layers"]["net.layer4"]] == ["net.layer4#5"]
+    assert [e["concept"] for e in r["layers"]["net.layer3"]] == ["net.layer3#7"]
+    refs = C.load_references(r, "net.layer3#7")
+    assert len(refs) == 3 and refs[0].dtype == np.uint8 and refs[0].shape[-1] == 3
+    with pytest.raises(KeyError, match="net.layer4#6"):
+        C.load_references(r, "net.layer4#6")
+    with pytest.raises(ValueError, match="layer#channel"):
+        C.global_analysis(model, test, "Smiling", ["net.layer4"], tmp_path, n=32, concepts=["x"])
+    with pytest.raises(KeyError, match="net.layer2"):
+        C.global_analysis(model, test, "Smiling", ["net.layer4"], tmp_path, n=32,
+                          concepts=["net.layer2#1"])

@@ -521,14 +521,17 @@ def _cache_key(model, data: PairDataset, attribute: int, layers, composite, n_re
 def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
                     layers=("net.layer3", "net.layer4"), out_dir="crp_global", n: int = 200,
                     top: int = 6, n_refs: int = 8, composite="epsilon_plus_flat",
-                    batch_size: int = 16, figure: bool = True, progress: bool = True) -> dict:
+                    batch_size: int = 16, figure: bool = True, progress: bool = True,
+                    concepts: Sequence[str] | None = None) -> dict:
     """Relevance maximisation over ``n`` images of ``dataset`` and the attribute's top concepts.
 
     Steps: (1) zennit-crp ``FeatureVisualization`` explains ``attribute`` on every image and
     keeps, per channel of ``layers``, the images where it is most relevant; (2) concepts are
     ranked by their mean relevance share on the images labelled with the attribute (all images
     if none is); (3) the ``top`` concepts of each layer get ``n_refs`` reference images, dimmed
-    outside their conditional heatmaps and cropped to the receptive field.
+    outside their conditional heatmaps and cropped to the receptive field. ``concepts``
+    (``"layer#channel"`` ids, e.g. the ones a local analysis found changed) are drawn instead of
+    the ``top`` ranked ones; :func:`load_references` reads their images back.
 
     Everything is cached under ``out_dir/cache/<key>`` (key: model weights, data, attribute,
     layers, composite); a second call with the same inputs only redraws the figure. Writes
@@ -566,7 +569,10 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
                   "ranked_on": "positive" if positive.any() else "all", "layers": {},
                   "cache": str(cache), "settings": info}
         rows = []
-        todo = [(l, c) for l in layers for c in np.argsort(-shares[l][basis].mean(0))[:top]]
+        if concepts is None:
+            todo = [(l, c) for l in layers for c in np.argsort(-shares[l][basis].mean(0))[:top]]
+        else:
+            todo = [_parse_concept(c, layers) for c in concepts]
         bar = tqdm(todo, desc="reference images", disable=not progress, dynamic_ncols=True)
         for layer, c in bar:
             c = int(c)
@@ -585,6 +591,7 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
                 ref_file.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(ref_file, images=np.stack(refs), indices=np.array(ref_idx))
             entry = {"concept": concept_id(layer, c), "channel": c,
+                     "reference_file": str(ref_file),
                      "mean_share": float(mean_share[c]),
                      "mean_share_all": float(shares[layer].mean(0)[c]),
                      "reference_rows": [int(data.base.indices[i]) if hasattr(data.base, "indices")
@@ -600,3 +607,25 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
             title=f"CRP: top concepts for {name} (n = {n}) and their reference images"))
     write_json(out_dir / f"{stem}.json", result, indent=1)
     return result
+
+
+def _parse_concept(concept: str, layers: Sequence[str]) -> tuple[str, int]:
+    """``"net.layer4#12"`` -> (``"net.layer4"``, 12); the layer must be one of ``layers``."""
+    layer, sep, channel = str(concept).rpartition("#")
+    if not sep or not channel.isdigit():
+        raise ValueError(f"concept {concept!r} is not of the form 'layer#channel'")
+    if layer not in layers:
+        raise KeyError(f"concept {concept!r}: layer {layer!r} is not among the analysed layers "
+                       f"{list(layers)}")
+    return layer, int(channel)
+
+
+def load_references(result: dict, concept: str) -> list[np.ndarray]:
+    """The reference images (RGB uint8 arrays) :func:`global_analysis` drew for ``concept``."""
+    for entries in result["layers"].values():
+        for e in entries:
+            if e["concept"] == concept:
+                with np.load(e["reference_file"]) as z:
+                    return list(z["images"])
+    raise KeyError(f"concept {concept!r} has no reference images in this global analysis "
+                   f"(drawn: {[e['concept'] for v in result['layers'].values() for e in v]})")

@@ -1,0 +1,162 @@
+"""The Clever Hans experiment (ldvce/spurious.py): scoring on hand-built data, and the thresholds
+the experiment must reach on unseen faces."""
+
+import numpy as np
+import pytest
+
+from ldvce import spurious as S
+
+
+def _masks(size=16):
+    hat = np.zeros((size, size), bool)
+    hat[:4, 2:14] = True
+    mouth = np.zeros((size, size), bool)
+    mouth[11:14, 5:11] = True
+    return hat, mouth
+
+
+def test_region_shares_and_rates_on_hand_built_changes():
+    hat, mouth = _masks()
+    on_hat = np.zeros((16, 16))
+    on_hat[1:3, 4:12] = 1.0           # 16 px in the hat region …
+    on_hat[12, 7] = 2.0               # … and a little in the mouth
+    on_mouth = np.zeros((16, 16))
+    on_mouth[11:13, 6:10] = 0.5       # all in the mouth …
+    on_mouth[8, 0] = 1.0              # … plus a speck elsewhere
+    h1, m1 = S.region_shares(on_hat, hat, mouth)
+    assert (h1, m1) == pytest.approx((16 / 18, 2 / 18))
+    h2, m2 = S.region_shares(on_mouth, hat, mouth)
+    assert (h2, m2) == pytest.approx((0.0, 4 / 5))
+    # masks at another resolution are resized to the change map
+    big_hat = np.kron(hat, np.ones((4, 4), bool))
+    big_mouth = np.kron(mouth, np.ones((4, 4), bool))
+    assert S.region_shares(on_hat, big_hat, big_mouth) == pytest.approx((h1, m1))
+    # nothing changed: NaN
+    h0, m0 = S.region_shares(np.zeros((16, 16)), hat, mouth)
+    assert np.isnan(h0) and np.isnan(m0)
+
+
+def test_change_per_pixel_does_not_favour_the_larger_region():
+    hat, mouth = _masks()                      # 48 hat pixels, 18 mouth pixels
+    spread = np.ones((16, 16))                 # the same change everywhere
+    hs, ms = S.region_shares(spread, hat, mouth)
+    assert hs > 2 * ms                         # shares favour the larger hat region …
+    assert S.region_densities(spread, hat, mouth) == pytest.approx((1.0, 1.0))  # … densities not
+    on_hat = np.zeros((16, 16))
+    on_hat[1:3, 4:12] = 1.0                    # 16 of the 48 hat pixels
+    on_hat[12, 7] = 2.0                        # 1 of the 18 mouth pixels, twice as strong
+    dh, dm = S.region_densities(on_hat, hat, mouth)
+    assert (dh, dm) == pytest.approx((16 / 48, 2 / 18))
+    on_mouth = np.zeros((16, 16))
+    on_mouth[11:13, 6:10] = 0.5
+    mh, mm = S.region_densities(on_mouth, hat, mouth)
+    assert (mh, mm) == pytest.approx((0.0, 4 / 18))
+    r = S.change_rates([dh, mh, 0.0, 0.3], [dm, mm, 0.0, 0.3])
+    # images: hat wins, mouth wins, unchanged (neither), tie (neither)
+    assert r == {"hat_change_rate": 0.25, "mouth_change_rate": 0.25}
+
+
+def test_oracle_flip_rates_count_each_attribute():
+    before = -np.ones((4, 40))
+    after = before.copy()
+    after[0, 35] = after[1, 35] = after[2, 35] = 3.0   # hat appears on three faces
+    after[3, 31] = 1.0                                  # a smile on one
+    before[2, 5] = 2.0                                  # other attributes do not count
+    r = S.oracle_flip_rates(before, after, hat_index=35, smile_index=31)
+    assert r == {"oracle_hat_flip_rate": 0.75, "oracle_smile_flip_rate": 0.25}
+
+
+def test_undo_region_restores_only_that_region():
+    import torch
+    hat, mouth = _masks()
+    x = torch.zeros(3, 16, 16)
+    cf = torch.ones(3, 16, 16)
+    out = S.undo_region(x, cf, hat)
+    assert float(out[:, hat].abs().sum()) == 0.0 and bool((out[:, ~hat] == 1).all())
+    assert float(cf.sum()) == 3 * 256  # the input is left alone
+    batch = S.undo_region(x.numpy()[None], cf.numpy()[None], mouth)
+    assert batch.shape == (1, 3, 16, 16) and batch[0][:, mouth].sum() == 0
+    assert batch[0][:, ~mouth].min() == 1
+
+
+def test_decision_mass_follows_the_sign_of_the_logit():
+    hat, mouth = _masks()
+    heat = np.zeros((16, 16))
+    heat[hat] = -1.0       # evidence against the class on the hat
+    heat[mouth] = 3.0      # for the class on the mouth
+    assert S.decision_mass(heat, +2.0, mouth) == pytest.approx(1.0)
+    assert S.decision_mass(heat, +2.0, hat) == pytest.approx(0.0)
+    # a negative decision: the evidence for it is the negative relevance
+    assert S.decision_mass(heat, -2.0, hat) == pytest.approx(1.0)
+
+
+def test_report_section_names_every_number(tmp_path):
+    role = {key: 0.5 for key, _ in S.ROWS}
+    summary = {"spurious": {"target": "Smiling", "cue": "Wearing_Hat", "strength": 1.0,
+                            "method": "guided", "images": 3, "data_seed": 7,
+                            "biased": dict(role, hat_change_rate=1.0), "clean": role},
+               "seconds": 1.0}
+    import html
+    page = S.write_report(tmp_path, summary).read_text()
+    for _, label in S.ROWS:
+        assert html.escape(label) in page
+    assert "1.000" in page and "guided" in page
+    assert "counterfactuals hide it" in S.reading(summary)   # hat rate 1.0, but oracle 0.5 : 0.5
+    shows = dict(role, hat_change_rate=0.95, oracle_hat_flip_rate=0.9, oracle_smile_flip_rate=0.1)
+    assert "counterfactuals show it: 95 %" in S.reading(
+        {"spurious": dict(summary["spurious"], biased=shows)})
+
+
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory):
+    """The experiment (guided sampler, its defaults) on 12 faces of a seed no model saw."""
+    from tests.conftest import UNSEEN_SEED
+    out = tmp_path_factory.mktemp("spurious")
+    s = S.run_experiment(out, n_images=12, data_seed=UNSEEN_SEED, data_size=200, crp=False,
+                         figure=False)["spurious"]
+    print(S.summary_table({"spurious": s}))
+    return s
+
+
+@pytest.mark.slow
+def test_unseen_faces_answer_key_clean_counterfactuals_and_lrp(unseen):
+    """What holds with margin: the answer key (re-rendered faces) says the biased classifier
+    reads the hat and the clean one the mouth; the clean classifier's counterfactuals change the
+    mouth and the oracle sees the smile; LRP of the counterfactuals puts the biased decision on
+    the hat region (more than on the mouth, and several times the clean one's) and the clean
+    one on the mouth."""
+    b, c = unseen["biased"], unseen["clean"]
+    assert unseen["images"] == 12 and unseen["oracle_sees_rendered_hats"] >= 0.9
+    assert b["intervention_hat_rate"] >= 0.9 and b["intervention_smile_rate"] <= 0.1
+    assert c["intervention_smile_rate"] >= 0.9 and c["intervention_hat_rate"] <= 0.1
+    assert b["accuracy_conflicting"] <= 0.1 and c["accuracy_conflicting"] >= 0.9
+    assert c["flip_rate"] >= 0.9
+    assert c["hat_change_rate"] <= 0.1 and c["mouth_change_rate"] >= 0.9
+    assert c["oracle_smile_flip_rate"] >= 0.75 and c["oracle_hat_flip_rate"] <= 0.1
+    # LRP of the counterfactuals: the biased decision rests on the hat region far more than
+    # the clean one's (seed 4242: 0.31 vs 0.05), the clean one's on the mouth (0.72)
+    assert b["lrp_hat_mass_post"] > max(3 * c["lrp_hat_mass_post"], b["lrp_mouth_mass_post"])
+    assert c["lrp_mouth_mass_post"] > max(0.5, 10 * c["lrp_hat_mass_post"])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured: the guided sampler (defaults) hides the cue; "
+                   "the biased classifier's counterfactuals change the mouth, not the hat "
+                   "(README, 'What counterfactuals are for')")
+def test_biased_counterfactuals_put_most_change_on_the_hat(unseen):
+    """The issue's target: the biased classifier's counterfactuals change the hat in >= 90 %
+    of faces and the oracle sees the hat. Strict xfail: passing would mean a sampler now shows
+    the cue, and this test must then become a plain one."""
+    b = unseen["biased"]
+    assert b["hat_change_rate"] >= 0.9
+    assert b["oracle_hat_flip_rate"] > b["oracle_smile_flip_rate"]
+
+
+def test_demo_has_a_spurious_flag():
+    from ldvce.cli import CLI, build_parser
+    from ldvce.cliparse import parse
+    argv = ["demo", "--spurious", "--quick"]
+    command, kw = parse(CLI, build_parser(argv), argv)
+    assert command.path == ("demo",) and kw["spurious"] and kw["quick"] and kw["out"] is None
+    _, kw = parse(CLI, build_parser(["demo"]), ["demo"])
+    assert not kw["spurious"]

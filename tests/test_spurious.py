@@ -160,3 +160,38 @@ def test_demo_has_a_spurious_flag():
     assert command.path == ("demo",) and kw["spurious"] and kw["quick"] and kw["out"] is None
     _, kw = parse(CLI, build_parser(["demo"]), ["demo"])
     assert not kw["spurious"]
+
+
+def test_biased_classifier_is_shipped_and_retrains_with_the_toy_recipe(tmp_path, monkeypatch):
+    """The shipped biased weights come back by default and hold the clean toy ResNet's
+    architecture (same recipe); ``retrain=True`` trains that recipe on the hat world (faked
+    training here: the real loop is tested in test_classifier.py) without rendering clean faces
+    in its place, and caches the checkpoint."""
+    import classifier.train
+    from classifier import load_classifier
+    from ldvce.toyworld import shipped_classifier
+    path = S.biased_classifier()
+    assert path == shipped_classifier("toy_resnet_wearing_hat_1") and path.suffix == ".safetensors"
+    biased, clean = load_classifier(path), load_classifier(S.clean_classifier())
+    assert dict(biased.hparams) == dict(clean.hparams)
+    monkeypatch.setenv("LDVCE_CACHE", str(tmp_path))
+    data = tmp_path / "hat-world"
+    monkeypatch.setattr(S, "spurious_data", lambda strength=1.0, progress=True: data)
+    calls = []
+
+    def fake_train(args):
+        calls.append(args)
+        (tmp_path / "best.ckpt").write_bytes(b"trained")
+        return None, None, tmp_path / "best.ckpt"
+
+    monkeypatch.setattr(classifier.train, "main", fake_train)
+    ckpt = S.biased_classifier(retrain=True)
+    assert ckpt == tmp_path / "models" / "toy_resnet_wearing_hat_1.ckpt"
+    assert ckpt.read_bytes() == b"trained"
+    args = calls[0]
+    assert args[args.index("--config") + 1].endswith("toy_resnet.yaml")
+    assert args[args.index("--data.data_path") + 1] == str(data)
+    assert args[args.index("--data.make_with") + 1] == "null"
+    # another strength is not shipped: trained once, then taken from the cache
+    assert S.biased_classifier(0.5) == tmp_path / "models" / "toy_resnet_wearing_hat_0.5.ckpt"
+    assert len(calls) == 2 and S.biased_classifier(0.5) and len(calls) == 2

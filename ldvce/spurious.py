@@ -478,7 +478,7 @@ def run_experiment(out="runs/spurious", n_images: int = 16, strength: float = ST
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # present again only when finished
     say(f"classifiers: biased (trained where {CUE} copies {TARGET}, p = {strength:g}), clean "
-          "(toy_resnet), oracle — trained once, then cached")
+          "(toy_resnet), oracle — shipped weights, or trained once and cached")
     ckpts = {"biased": biased or biased_classifier(strength), "clean": clean or clean_classifier()}
     models = {role: load_classifier(p).requires_grad_(False) for role, p in ckpts.items()}
     oracle = load_classifier(toy_classifier("toy_oracle")).requires_grad_(False)

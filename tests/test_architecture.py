@@ -127,3 +127,29 @@ def test_register_ldm_resolves_a_name_to_a_folder(tmp_path, monkeypatch):
         ldm.register_ldm("owner/model", lambda: tmp_path)
     with pytest.raises(ldm.LDMNotAvailableError, match="registered: .*mine"):
         ldm.resolve_source("unknown-name")
+
+
+def test_no_undefined_names():
+    """pyflakes finds no name used without being defined or imported anywhere in the code (a
+    lost import once broke ``ldvce bench generate --protocol full`` behind a slow test)."""
+    from pyflakes import api, messages, reporter
+
+    class Collect(reporter.Reporter):
+        def __init__(self):
+            self.found = []
+
+        def flake(self, message):
+            if isinstance(message, (messages.UndefinedName, messages.UndefinedLocal,
+                                    messages.UndefinedExport)):
+                self.found.append(str(message))
+
+        def unexpectedError(self, filename, msg):
+            self.found.append(f"{filename}: {msg}")
+
+        def syntaxError(self, filename, msg, lineno, offset, text):
+            self.found.append(f"{filename}:{lineno}: {msg}")
+
+    out = Collect()
+    for root in (*PACKAGES, "tests", "benchmarks"):
+        api.checkRecursive([str(REPO / root)], out)
+    assert not out.found, "\n".join(out.found)

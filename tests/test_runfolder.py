@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory):
     items = [runner.Item(f"img{k}", (lambda k=k: x[k]), {"index": k}) for k in range(3)]
     out = tmp_path_factory.mktemp("run")
     runner.run(items, problem, out, method="guided", target=1, batch_size=3, progress=False,
-               options={"num_steps": 4, "retry_scales": ()})
+               options={"num_steps": 4, "t_start": 500, "retry_scales": ()})
     return out
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fileio import atomic_write_bytes, write_json
+from fileio import write_json
 
 TARGET = "Smiling"
 CUE = "Wearing_Hat"
@@ -90,27 +90,11 @@ def biased_classifier(strength: float = STRENGTH, quiet: bool = True,
     otherwise, or with ``retrain``, trained here with the project's own training code (renders
     the 12000 training faces first; several minutes on 2 cores), then cached under
     ``<cache>/models``."""
-    from ldvce.toyworld import CONFIGS, cache_dir, shipped_classifier
-    name = f"toy_resnet_{CUE.lower()}_{strength:g}"
-    shipped = shipped_classifier(name)
-    if not retrain and shipped.exists():
-        return shipped
-    ckpt = cache_dir() / "models" / f"{name}.ckpt"
-    if not retrain and ckpt.exists():
-        return ckpt
-    from classifier.train import main as train_main
-    data = spurious_data(strength, progress=not quiet)
-    root = cache_dir() / "runs" / name
-    shutil.rmtree(root, ignore_errors=True)  # a fresh run: no version_N of an earlier one
-    args = ["--config", str(CONFIGS / RECIPE), "--data.data_path", str(data),
-            "--data.make_with", "null",  # never render clean faces in its place
-            "--trainer.default_root_dir", str(root), "--run_name", name]
-    if quiet:
-        args += ["--trainer.enable_progress_bar", "false"]
-    _step(f"training the biased classifier {name} (cached afterwards at {ckpt}) …")
-    _, _, best = train_main(args)
-    atomic_write_bytes(ckpt, Path(best).read_bytes())  # the cache never holds half a checkpoint
-    return ckpt
+    from ldvce.toyworld import shipped_or_trained
+    return shipped_or_trained(
+        f"toy_resnet_{CUE.lower()}_{strength:g}", RECIPE,
+        lambda: spurious_data(strength, progress=not quiet), retrain=retrain, quiet=quiet,
+        extra_args=("--data.make_with", "null"))  # never render clean faces in its place
 
 
 def clean_classifier() -> Path:

@@ -62,6 +62,18 @@ def toy_classifier(name: str = "toy_resnet", quiet: bool = True, retrain: bool =
     """
     if name not in TOY_CLASSIFIERS:
         raise KeyError(f"unknown toy classifier {name!r}; choose from {list(TOY_CLASSIFIERS)}")
+    return shipped_or_trained(name, TOY_CLASSIFIERS[name], lambda: toy_data(TRAIN_DATA),
+                              retrain=retrain, quiet=quiet)
+
+
+def shipped_or_trained(name: str, config: str, data, retrain: bool = False, quiet: bool = True,
+                       extra_args: tuple[str, ...] = ()) -> Path:
+    """Weights of classifier ``name``: the shipped file (:func:`shipped_classifier`), else the
+    cached ``<cache>/models/<name>.ckpt``, else (and always with ``retrain``) trained now with
+    the project's training code on ``configs/classifier/<config>`` and ``data()`` (a callable
+    returning the dataset folder, called only when training), ``extra_args`` added to the
+    training command line. The cache never holds half a checkpoint."""
+    from fileio import atomic_write_bytes
     shipped = shipped_classifier(name)
     if not retrain and shipped.exists():
         return shipped
@@ -69,19 +81,15 @@ def toy_classifier(name: str = "toy_resnet", quiet: bool = True, retrain: bool =
     if not retrain and ckpt.exists():
         return ckpt
     from classifier.train import main as train_main
-    data = toy_data(TRAIN_DATA)
     root = cache_dir() / "runs" / name
-    shutil.rmtree(root, ignore_errors=True)  # a fresh run: no version_N of an earlier one
-    args = ["--config", str(CONFIGS / TOY_CLASSIFIERS[name]), "--data.data_path", str(data),
+    args = ["--config", str(CONFIGS / config), "--data.data_path", str(data()), *extra_args,
             "--trainer.default_root_dir", str(root), "--run_name", name]
+    shutil.rmtree(root, ignore_errors=True)  # a fresh run: no version_N of an earlier one
     if quiet:
         args += ["--trainer.enable_progress_bar", "false"]
     print(f"[ldvce] training the {name} classifier (cached afterwards at {ckpt}) …", flush=True)
     _, _, best = train_main(args)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt.with_suffix(".tmp")
-    shutil.copy(best, tmp)
-    tmp.replace(ckpt)
+    atomic_write_bytes(ckpt, Path(best).read_bytes())
     return ckpt
 
 

@@ -61,14 +61,9 @@ def spurious_data(strength: float = STRENGTH, n: int = TRAIN_SIZE, seed: int = T
     in the planted correlation only.
     """
     import toyfaces
-    from ldvce.toyworld import cache_dir
-    path = cache_dir() / "data" / f"toy-{n}-{seed}-{CUE.lower()}-{strength:g}"
-    if not toyfaces.is_complete(path):
-        _step(f"rendering {n} faces (seed {seed}) where {CUE} copies {TARGET} with p = "
-              f"{strength:g} -> {path}")
-        toyfaces.make_dataset(path, n=n, seed=seed, progress=progress,
-                              spurious=toyfaces.Spurious(TARGET, CUE, strength))
-    return path
+    from ldvce.toyworld import toy_data
+    return toy_data((f"toy-{n}-{seed}-{CUE.lower()}-{strength:g}", n, seed), progress=progress,
+                    spurious=toyfaces.Spurious(TARGET, CUE, strength))
 
 
 def test_sets(strength: float = STRENGTH, n: int = TEST_SIZE, seed: int = TEST_SEED,
@@ -154,14 +149,6 @@ def oracle_flip_rates(before, after, hat_index: int, smile_index: int) -> dict:
             "oracle_smile_flip_rate": float(changed[:, smile_index].mean())}
 
 
-def decision_mass(heatmap: np.ndarray, logit: float, mask: np.ndarray) -> float:
-    """Share of the decision's positive relevance inside ``mask``: relevance × sign(logit), so
-    a not-smiling original's evidence for "not smiling" counts like a smiling one's for
-    "smiling" (relevance mass accuracy of the signed map)."""
-    from study.metrics import relevance_mass_accuracy
-    return relevance_mass_accuracy(np.sign(logit) * np.asarray(heatmap), mask)
-
-
 def interventions(models: dict, folder, rows) -> dict:
     """The answer key from the renderer: each face of ``rows`` re-rendered with a hat, and with
     its mouth mirrored into a smile (same curvature, other sign), everything else equal.
@@ -192,16 +179,6 @@ def interventions(models: dict, folder, rows) -> dict:
                                   "hat_seen": float((lh[:, h] > 0).float().mean())}
             out["logits"][name] = {"hat": lh[:, s].tolist(), "smile": ls[:, s].tolist()}
     return out
-
-
-def absolute_mass(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Share of Σ|relevance| inside ``mask`` (where a concept's relevance lies, whatever its
-    sign); NaN for an all-zero map."""
-    from xai.render import resize_map
-    a = np.abs(np.asarray(heatmap, dtype=np.float64))
-    m = resize_map(np.asarray(mask, bool), a.shape) > 0.5
-    total = float(a.sum())
-    return float(a[m].sum() / total) if total > 0 else float("nan")
 
 
 def accuracies(clf, folders: dict[str, Path]) -> dict:
@@ -265,6 +242,7 @@ def score_run(run_dir, clf, oracle, masks: dict, composite: str = COMPOSITE) -> 
     from classifier.attributes import attribute_index
     from classifier.images import load_image
     from dvce import runfolder
+    from study.metrics import decision_relevance_mass
     from xai.lrp import attribute as lrp
     items = runfolder.list_items(run_dir)
     if not items:
@@ -302,7 +280,7 @@ def score_run(run_dir, clf, oracle, masks: dict, composite: str = COMPOSITE) -> 
             heat, logit = att.heatmap[i].numpy(), float(att.logits[i, s])
             e[f"logit_{when}"] = logit
             for region, m in (("hat", hat[i]), ("mouth", mouth[i])):
-                e[f"lrp_{region}_mass_{when}"] = decision_mass(heat, logit, m)
+                e[f"lrp_{region}_mass_{when}"] = decision_relevance_mass(heat, logit, m)
                 masses[f"{region}_{when}"].append(e[f"lrp_{region}_mass_{when}"])
         if it.mask is not None:  # the sampler's self-optimised pixel mask (guided)
             pm = np.load(it.mask) > 0.5
@@ -342,6 +320,7 @@ def concept_regions(clf, images, rows, concepts: list[str], masks: dict,
     (absolute values) for Smiling that lies in the hat and in the mouth masks, averaged over
     ``images`` ((3, H, W) tensors of the toyfaces ``rows`` whose ``masks`` apply). A "hat
     concept" puts its relevance on the hat."""
+    from dvce.metrics import localization
     from xai.crp import conditional_heatmaps
     by_layer: dict[str, list[int]] = {}
     for concept in concepts:
@@ -353,7 +332,8 @@ def concept_regions(clf, images, rows, concepts: list[str], masks: dict,
             maps = conditional_heatmaps(clf, image, TARGET, layer, channels, composite)
             for channel, heat in zip(channels, maps):
                 for region, key in (("hat", CUE), ("mouth", TARGET)):
-                    mass[f"{layer}#{channel}"][region].append(absolute_mass(heat, masks[key][row]))
+                    mass[f"{layer}#{channel}"][region].append(
+                        localization(np.abs(np.asarray(heat, dtype=np.float64)), masks[key][row]))
     return {c: {f"{r}_mass": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
                 for r, v in m.items()} for c, m in mass.items()}
 

@@ -38,13 +38,14 @@ def shipped_classifier(name: str) -> Path:
     return toyfaces.WEIGHTS / "classifiers" / f"{name}.safetensors"
 
 
-def toy_data(name_n_seed=TRAIN_DATA, progress: bool = True) -> Path:
-    """A toyfaces folder from the cache, rendered if missing."""
+def toy_data(name_n_seed=TRAIN_DATA, progress: bool = True, spurious=None) -> Path:
+    """A toyfaces folder from the cache, rendered if missing (with a ``toyfaces.Spurious`` cue
+    planted when given)."""
     import toyfaces
     name, n, seed = name_n_seed
     path = cache_dir() / "data" / name
     if not toyfaces.is_complete(path):
-        toyfaces.make_dataset(path, n=n, seed=seed, progress=progress)
+        toyfaces.make_dataset(path, n=n, seed=seed, progress=progress, spurious=spurious)
     return path
 
 

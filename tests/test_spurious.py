@@ -80,14 +80,15 @@ def test_undo_region_restores_only_that_region():
 
 
 def test_decision_mass_follows_the_sign_of_the_logit():
+    from study.metrics import decision_relevance_mass  # what score_run's LRP masses use
     hat, mouth = _masks()
     heat = np.zeros((16, 16))
     heat[hat] = -1.0       # evidence against the class on the hat
     heat[mouth] = 3.0      # for the class on the mouth
-    assert S.decision_mass(heat, +2.0, mouth) == pytest.approx(1.0)
-    assert S.decision_mass(heat, +2.0, hat) == pytest.approx(0.0)
+    assert decision_relevance_mass(heat, +2.0, mouth) == pytest.approx(1.0)
+    assert decision_relevance_mass(heat, +2.0, hat) == pytest.approx(0.0)
     # a negative decision: the evidence for it is the negative relevance
-    assert S.decision_mass(heat, -2.0, hat) == pytest.approx(1.0)
+    assert decision_relevance_mass(heat, -2.0, hat) == pytest.approx(1.0)
 
 
 def test_report_section_names_every_number(tmp_path):

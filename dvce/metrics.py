@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,18 @@ def localization(delta: np.ndarray, region: np.ndarray) -> float:
 def mnac(oracle_logits_before: torch.Tensor, oracle_logits_after: torch.Tensor,
          target_index: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample number of attributes (≠ target) whose oracle decision changed."""
-    changed = (oracle_logits_before > 0) != (oracle_logits_after > 0)
+    return _changed(oracle_logits_before, oracle_logits_after, target_index, valid).sum(1).float()
+
+
+def _changed(before: torch.Tensor, after: torch.Tensor, target_index: int,
+             valid: torch.Tensor | None) -> torch.Tensor:
+    """(N, C) bool: the oracle decisions (logit > 0) that changed, the query and attributes
+    outside ``valid`` left out."""
+    changed = (before > 0) != (after > 0)
     changed[:, target_index] = False
     if valid is not None:
         changed &= valid[None]
-    return changed.sum(1).float()
+    return changed
 
 
 def load_run(run_dir) -> list[RunItem]:
@@ -109,11 +117,8 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
     if oracle is not None:  # MNAC explained: which attributes the oracle saw change, and how often
         for i, it in enumerate(items):
             metrics["per_image"][it.image_id]["oracle_changed"] = changed[i]
-        totals: dict[str, int] = {}
-        for names in changed:
-            for n in names:
-                totals[n] = totals.get(n, 0) + 1
-        metrics["oracle_changed"] = dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+        metrics["oracle_changed"] = dict(Counter(n for names in changed for n in names)
+                                         .most_common())
     return metrics
 
 
@@ -122,11 +127,8 @@ def oracle_changes(before: torch.Tensor, after: torch.Tensor, target_index: int,
     """Per image, the names of the oracle attributes whose decision (logit > 0) changed, the
     query attribute excluded: the attributes :func:`mnac` counts."""
     from classifier.attributes import ATTRIBUTES
-    ch = (before > 0) != (after > 0)
-    ch[:, target_index] = False
-    if valid is not None:
-        ch &= valid[None]
-    return [[ATTRIBUTES[k] for k in row.nonzero().flatten().tolist()] for row in ch]
+    return [[ATTRIBUTES[k] for k in row.nonzero().flatten().tolist()]
+            for row in _changed(before, after, target_index, valid)]
 
 
 def _size(it: RunItem) -> int | None:

@@ -89,7 +89,7 @@ def bench_generate_toy(n: int = 8, device="cpu", seed_n: int | None = None) -> d
     from dvce.samplers import DEFAULT_METHOD, Problem
     data, clf, ldm, masks = _toy_setup(n, device)
     from classifier.evaluate import dataset_for
-    rows = pick_not_smiling(clf, data, n)
+    rows = pick_not_smiling(clf, data, n, device)
     ds = dataset_for(data, split="all")
     x = torch.stack([ds.read_image(r) for r in rows]).to(device)
     region = masks["Smiling"][rows]
@@ -128,8 +128,8 @@ def bench_protocol_toy(n: int = 32, device="cpu", out="runs/bench-protocol") -> 
     items = runner.lmdb_items(lmdb, attr, rows, ldm.image_size)
     train_attr = toyfaces.paths(toy_data(TRAIN_DATA))[1]
     result = {"world": "toyfaces", "data": str(data), "rows": rows, "runs": {}}
-    from dvce.samplers import DEFAULT_METHOD, sampler_defaults
-    best = dict(method=DEFAULT_METHOD, batch_size=16, options=sampler_defaults(DEFAULT_METHOD))
+    from dvce.samplers import DEFAULT_METHOD
+    best = sampler_configs()[0]  # the default method with its defaults
     for name, cfg in (("seed", SEED_FAITHFUL), (DEFAULT_METHOD, best)):
         run = Path(out) / name
         if run.exists():
@@ -139,7 +139,7 @@ def bench_protocol_toy(n: int = 32, device="cpu", out="runs/bench-protocol") -> 
         # Batched for both: this measures quality, not speed (the samplers stop per sample, so
         # the batch changes no result), and batch 1 of the seed config is ~10x slower on a CPU.
         summary = runner.run(items, Problem(ldm, clf, 31), run, method=cfg["method"],
-                             batch_size=max(cfg["batch_size"], 16), options=dict(cfg["options"]),
+                             batch_size=max(cfg["batch_size"], BATCH_SIZE), options=dict(cfg["options"]),
                              settings={"attribute": "Smiling", "classifier": "toy_resnet",
                                        "ldm": "toy"}, progress=False)
         seconds = time.perf_counter() - t0

@@ -241,12 +241,10 @@ def score_run(run_dir, clf, oracle, masks: dict, composite: str = COMPOSITE) -> 
     import torch
     from classifier.attributes import attribute_index
     from classifier.images import load_image
-    from dvce import runfolder
+    from dvce.metrics import load_run
     from study.metrics import decision_relevance_mass
     from xai.lrp import attribute as lrp
-    items = runfolder.list_items(run_dir)
-    if not items:
-        raise FileNotFoundError(f"no finished counterfactuals in {run_dir}")
+    items = load_run(run_dir)
     s, h = attribute_index(TARGET), attribute_index(CUE)
     x = torch.stack([load_image(it.original, None) for it in items])
     cf = torch.stack([load_image(it.counterfactual, None) for it in items])
@@ -350,7 +348,7 @@ def crp_analysis(clf, run_dir, masks: dict, reference_data, out_dir, top: int = 
     with where their relevance lies on their own reference images. Both get reference images
     (``concepts.png``); ``references`` maps each concept to its images.
     """
-    from classifier import CelebHQAttrDataset
+    from classifier.evaluate import dataset_for
     from classifier.images import load_image
     from dvce import runfolder
     from ldvce.explain import crp_local, model_image_size
@@ -365,9 +363,7 @@ def crp_analysis(clf, run_dir, masks: dict, reference_data, out_dir, top: int = 
     items = runfolder.list_items(run_dir)
     on_cf = concept_regions(clf, [load_image(it.counterfactual, None) for it in items],
                             [it.source_index for it in items], changed, masks)
-    lmdb, attr = toyfaces.paths(reference_data)
-    ds = CelebHQAttrDataset(lmdb, attr, split="all", image_size=model_image_size(clf),
-                            augment=False)
+    ds = dataset_for(reference_data, split="all", image_size=model_image_size(clf))
     # the relevance maximisation is cached by model, data and settings: shared by every output
     where = cache_dir() / "crp-global"
     ranked = global_analysis(clf, ds, TARGET, CRP_LAYERS, where, n=n_reference, top=1,

@@ -43,7 +43,7 @@ from .export import ANALYSIS_SIZE, DISPLAY_SIZE, StudyExport, read_export
 
 from dvce import runfolder
 from fileio import atomic_write_text, write_json
-from fileio.report import Report
+from fileio.report import Report, format_cell
 
 HEATMAP_LAYOUT = "{image_id}/heatmap_*_pre.npy"
 RUN_LAYOUT = "{image_id}"
@@ -459,14 +459,6 @@ def _plot_compare(image, hrh, maps, path):
 # ------------------------------------------------------------------------------- report
 
 
-def _fmt(v, digits=3):
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
 def _fmt_ci(d):
     if not d or d.get("mean") is None:
         return "–"
@@ -502,7 +494,7 @@ def render_report(summary: dict) -> tuple[str, str]:
     for img, e in sel.items():
         ag = e.get("agreement") or {}
         rows.append([img] + [str(e["counts"].get(k, "")) for k in keys]
-                    + [str(e["n"]), _fmt(e["mean_choice"], 2), _fmt(e["switch_frame"]), _fmt(ag.get("exact"), 2)])
+                    + [str(e["n"]), format_cell(e["mean_choice"], 2), format_cell(e["switch_frame"]), format_cell(ag.get("exact"), 2)])
     doc.table(["image"] + keys + ["n", "mean", "switch", "exact"], rows)
     for img, e in sel.items():
         if e.get("figure"):
@@ -513,7 +505,7 @@ def render_report(summary: dict) -> tuple[str, str]:
     for img, e in summary["hrh"].items():
         c = e.get("ceiling") or {}
         rows.append([img, str(e["n_annotators"]), str(e["max"]), str(e["pixels_ge1"]), str(e["pixels_ge50"]),
-                     _fmt(c.get("mass_accuracy")), _fmt(c.get("auc"))])
+                     format_cell(c.get("mass_accuracy")), format_cell(c.get("auc"))])
     doc.table(["image", "annotators", "max", "px ≥1", "px ≥50%", "ceiling mass", "ceiling AUC"], rows)
     hc = summary.get("human_ceiling")
     if hc:

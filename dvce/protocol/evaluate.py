@@ -205,8 +205,7 @@ def evaluate_protocol(run_dir, *, fid_features: str = "oracle", face_model: str 
 
 
 def _cout(items, clf_spec, query, oh, ch, store, steps, batch_size, device, resolve) -> dict:
-    from classifier.images import pil_to_tensor
-    from PIL import Image
+    from classifier.images import load_image
     from dvce.protocol.features import _load_project, file_identity
     model, path = _load_project(clf_spec, resolve, device)
     key = f"cout|{steps}|{query}|{file_identity(path)}"
@@ -218,7 +217,7 @@ def _cout(items, clf_spec, query, oh, ch, store, steps, batch_size, device, reso
         vals = []
         for s in range(0, len(idx), batch_size):
             part = idx[s:s + batch_size]
-            load = lambda p: pil_to_tensor(Image.open(p).convert("RGB"))  # noqa: E731
+            load = lambda p: load_image(p, None)  # noqa: E731
             x = torch.stack([load(items[i].original) for i in part])
             cf = torch.stack([load(items[i].counterfactual) for i in part])
             vals.append(M.cout(logit_fn, x, cf, steps)["per_pair"])

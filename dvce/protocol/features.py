@@ -53,9 +53,8 @@ def file_identity(path) -> str:
 
 def read_rgb(path) -> np.ndarray:
     """An image file as uint8 RGB (H, W, 3)."""
-    from PIL import Image
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    from classifier.images import load_pil
+    return np.asarray(load_pil(path))
 
 
 def read_rgb_files(paths) -> list[np.ndarray]:

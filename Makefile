@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-slow bench install clean-cache
+.PHONY: demo test test-integration bench install clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ldvce demo --out runs/demo
 
+# The default tier: unit and component tests (under 8 minutes on 2 cores).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not integration" --durations=15
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+# End-to-end runs: demo, notebooks, experiments, multi-process, Selenium, LDM training.
+test-integration: $(STAMP)
+	$(PY) -m pytest -q -m integration --durations=15
 
 bench: $(STAMP)
 	$(VENV)/bin/ldvce bench generate

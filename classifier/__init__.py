@@ -16,6 +16,8 @@ _EXPORTS = {
     "ResNetClassifier": "classifier.models", "ResNet50Classifier": "classifier.models",
     "load_classifier": "classifier.models", "export_safetensors": "classifier.models",
     "CheckpointMismatchError": "classifier.models",
+    "register_classifier": "classifier.registry", "registered_classifiers": "classifier.registry",
+    "resolve_classifier": "classifier.registry", "resolve_device": "classifier.devices",
 }
 
 __all__ = ["ATTRIBUTES", "NUM_ATTRIBUTES", "UnknownAttributeError", "attribute_index",

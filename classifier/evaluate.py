@@ -62,3 +62,20 @@ def evaluate_checkpoint(checkpoint, data, attr_file=None, split="test", attribut
             written.append(path)
         print(f"wrote {len(written)} misclassified images for {hi} to {out}")
     return {"table": table, "misclassified": written}
+
+
+def pick_not_smiling(clf, data, n: int, device="cpu", attribute="Smiling") -> list[int]:
+    """The first ``n`` rows of a dataset folder the classifier calls not ``attribute`` (the
+    seed's use case: make them smile)."""
+    logits, _, rows = predict(clf, dataset_for(data, split="all"), device=device, progress=False)
+    return rows[logits[:, attribute_index(attribute)] <= 0].tolist()[:n]
+
+
+def pick_both_directions(clf, data, n: int, device="cpu", attribute="Smiling") -> list[int]:
+    """The first ``n // 2`` rows the classifier calls not ``attribute`` and the first
+    ``n - n // 2`` it calls ``attribute``: the published protocol explains both directions (CD
+    needs both)."""
+    logits, _, rows = predict(clf, dataset_for(data, split="all"), device=device, progress=False)
+    k = attribute_index(attribute)
+    no, yes = rows[logits[:, k] <= 0].tolist(), rows[logits[:, k] > 0].tolist()
+    return no[:n // 2] + yes[:n - n // 2]

@@ -22,7 +22,8 @@ from typing import Literal
 os.environ.setdefault("WANDB_MODE", "offline")
 
 from ldvce.cliparse import Registry, build_parser as _build, parse, selected_path  # noqa: E402
-from ldvce.devices import resolve_device as _device  # noqa: E402
+from classifier.attributes import attribute_name  # noqa: E402
+from classifier.devices import resolve_device as _device  # noqa: E402
 
 DESCRIPTION = ("Latent diffusion visual counterfactual explanations (lDVCE), LRP/CRP explanations "
                "and human relevance heatmaps. Everything runs offline on the toyfaces world; real "
@@ -219,7 +220,7 @@ def classifier_evaluate(checkpoint: str, *, data: str, attr_file: str | None = N
     Parameters
     ----------
     checkpoint : str
-        Checkpoint (.ckpt/.safetensors) or a toy name: toy_resnet, toy_linear, toy_oracle.
+        Checkpoint (.ckpt/.safetensors) or a registered name: toy_resnet, toy_linear, toy_oracle…
     data : str
         LMDB or toyfaces folder.
     attr_file : str
@@ -236,7 +237,7 @@ def classifier_evaluate(checkpoint: str, *, data: str, attr_file: str | None = N
         auto, cpu, cuda or cuda:N.
     """
     from classifier.evaluate import evaluate_checkpoint
-    from ldvce.toyworld import resolve_classifier
+    from classifier.registry import resolve_classifier
     try:
         path = resolve_classifier(checkpoint)
     except FileNotFoundError as e:
@@ -313,12 +314,8 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     strategy : str
         With --devices: auto is ddp for more than one process (gloo on CPU, NCCL on GPUs).
     """
-    from classifier.attributes import attribute_index, attribute_name
-    from classifier.models import load_classifier
-    from dvce import runfolder, runner
-    from dvce.ldm import load_ldm
-    from dvce.samplers import DEFAULT_METHOD, Problem
-    from ldvce.toyworld import resolve_classifier
+    from dvce import runner
+    from dvce.samplers import DEFAULT_METHOD
     method = method or DEFAULT_METHOD
     if (images is None) == (lmdb is None):
         raise SystemExit("ldvce generate: give exactly one of --images or --lmdb")
@@ -327,19 +324,13 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     if several and device != "auto":
         raise SystemExit("ldvce generate: --device picks one device; with --devices use "
                          "--accelerator (cpu/gpu) instead")
-    dev = _device("cpu" if several else device)  # with --devices each process moves its own copy
-    model = load_ldm(ldm, device=dev)
-    try:
-        ckpt = resolve_classifier(classifier)
-    except FileNotFoundError as e:
-        raise SystemExit(f"ldvce generate: {e}")
-    clf = load_classifier(ckpt, map_location=dev).requires_grad_(False)
-    size = model.image_size
+    # with --devices each process moves its own copy from the CPU
+    problem = _problem(ldm, classifier, attribute, _device("cpu" if several else device))
+    size = problem.ldm.image_size
     if images:
         items = runner.folder_items(images, size)
     else:
         items = runner.lmdb_items(lmdb, attr_file or _sibling_attr_file(lmdb), indices, size)
-    problem = Problem(model, clf, attribute_index(attribute))
     settings = {"attribute": attribute_name(attribute), "ldm": str(ldm),
                 "classifier": str(classifier)}
     if several:
@@ -356,6 +347,30 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     else:
         summary = runner.run(items, problem, out, method=method, target=target,
                              batch_size=batch_size, options=options, settings=settings)
+    _report_generation(summary, method, out, items)
+    return summary
+
+
+def _problem(ldm: str, classifier: str, attribute: str, device):
+    """The LDM and the classifier on ``device``, as a sampler's ``Problem``."""
+    from classifier.attributes import attribute_index
+    from classifier.models import load_classifier
+    from classifier.registry import resolve_classifier
+    from dvce.ldm import load_ldm
+    from dvce.samplers import Problem
+    model = load_ldm(ldm, device=device)
+    try:
+        ckpt = resolve_classifier(classifier)
+    except FileNotFoundError as e:
+        raise SystemExit(f"ldvce generate: {e}")
+    clf = load_classifier(ckpt, map_location=device).requires_grad_(False)
+    return Problem(model, clf, attribute_index(attribute))
+
+
+def _report_generation(summary: dict, method: str, out, items) -> None:
+    """Print a generation run's outcome, then every unreadable input (where it came from) and
+    every failed image (why)."""
+    from dvce import runfolder
     l1 = summary["mean_l1"]
     print(f"{summary['n_generated']} counterfactuals ({method}): flip rate "
           f"{summary['flip_rate']:.3f}, mean L1 {float('nan') if l1 is None else l1:.4f}, "
@@ -370,7 +385,6 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
             print(f"unreadable: {reason if reason.startswith(where) else f'{where}: {reason}'}")
         elif e["status"] == "failed":
             print(f"failed: {e['image']}: {e.get('reason')}")
-    return summary
 
 
 def _method_options(method: str, groups: dict) -> dict:
@@ -448,7 +462,7 @@ def evaluate(run: str | None = None, *, oracle: str | None = None, masks: str | 
         Print these evaluated runs beside the published numbers (no RUN needed).
     """
     if compare or protocol == "full":
-        from ldvce.protocol import evaluate_command
+        from experiments.protocol import evaluate_command
         return evaluate_command(run=run, compare=compare, fid_features=fid_features,
                                 face_model=face_model, oracle=oracle, classifier=classifier,
                                 train_attr_file=train_attr_file, attribute=attribute,
@@ -458,7 +472,7 @@ def evaluate(run: str | None = None, *, oracle: str | None = None, masks: str | 
         raise SystemExit("ldvce evaluate: give a run folder (or --compare RUN_A RUN_B …)")
     from classifier.models import load_classifier
     from dvce.metrics import evaluate_run, format_table, write_metrics
-    from ldvce.toyworld import resolve_classifier
+    from classifier.registry import resolve_classifier
     model = load_classifier(resolve_classifier(oracle)).requires_grad_(False) if oracle else None
     region, oracle_attrs = None, None
     if masks:
@@ -503,7 +517,7 @@ def explain(run: str, *, classifier: str, attribute: str = "Smiling",
     device : str
         auto, cpu, cuda or cuda:N.
     """
-    from ldvce.explain import run_explain
+    from experiments.explain import run_explain
     return run_explain(run, classifier, attribute=attribute, composites=composites, start=start,
                        hrh=hrh, size=size, out=out, device=device)
 
@@ -541,7 +555,7 @@ def crp(mode: Literal["local", "global"], *, classifier: str, attribute: str = "
     device : str
         auto, cpu, cuda or cuda:N.
     """
-    from ldvce.explain import run_crp
+    from experiments.explain import run_crp
     return run_crp(mode, classifier, out=out, attribute=attribute, run=run, data=data,
                    attr_file=attr_file, layers=layers, top=top, n=n, device=device)
 
@@ -579,7 +593,8 @@ _script_command("study serve", "study.serve.server",
 # ------------------------------------------------------------------------------------ demo
 @CLI.command("demo")
 def demo(*, out: str | None = None, quick: bool = False, retrain: bool = False,
-         spurious: bool = False) -> dict:
+         spurious: bool = False, config: str | None = None, data_seed: int | None = None,
+         n: int | None = None) -> dict:
     """The whole pipeline on the toy world; writes overview.png, report.html.
 
     Parameters
@@ -596,12 +611,24 @@ def demo(*, out: str | None = None, quick: bool = False, retrain: bool = False,
         Instead: a classifier trained where every smiling face wears a hat vs the clean toy
         ResNet, exposed by their counterfactuals, LRP and CRP and scored on the toy world's
         ground truth (overview.png, report.html, summary.json with a "spurious" block).
+    config : str
+        Experiment settings: a name in configs/experiment/ or a YAML file (default demo, or
+        clever-hans with --spurious).
+    data_seed : int
+        With --spurious: the seed of the unseen test world (default: the config's).
+    n : int
+        Faces to make smile (default: the config's images, or quick_images with --quick).
     """
-    if spurious:  # the Clever Hans experiment: ldvce/spurious.py
-        from ldvce.spurious import run_demo as run_spurious
-        return run_spurious(out or "runs/spurious", quick=quick, retrain=retrain)
-    from ldvce.demo import run_demo
-    return run_demo(out or "runs/demo", quick=quick, retrain=retrain)
+    if spurious:  # the Clever Hans experiment: experiments/clever_hans/
+        from experiments.clever_hans.run import run_demo as run_spurious
+        return run_spurious(out or "runs/spurious", quick=quick, retrain=retrain,
+                            config=config or "clever-hans", data_seed=data_seed, n=n)
+    if data_seed is not None:
+        raise SystemExit("ldvce demo: --data-seed goes with --spurious (the demo's faces are the "
+                         "toy world's unseen test set)")
+    from experiments.demo.run import run_demo
+    return run_demo(out or "runs/demo", quick=quick, n_images=n, retrain=retrain,
+                    config=config or "demo")
 
 
 # ----------------------------------------------------------------------------------- bench
@@ -638,7 +665,7 @@ def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
     batch_size : int
         With --devices: images per batch (batches are what the processes share out).
     """
-    from ldvce.bench import run_generate
+    from benchmarks.generate import run_generate
     return run_generate(n, json_path=json, gpu=gpu, device=device, protocol=protocol, out=out,
                         devices=devices or 0, batch_size=batch_size)
 
@@ -654,7 +681,7 @@ def bench_ldm(*, n: int = 200, json: str | None = None) -> dict:
     json : str
         Also write the results here.
     """
-    from ldvce.bench import run_ldm
+    from benchmarks.ldm import run_ldm
     return run_ldm(n, json_path=json)
 
 
@@ -676,7 +703,7 @@ def bench_lrp(*, n: int = 32, composites: str | None = None, figure: str | None 
     device : str
         auto, cpu, cuda or cuda:N.
     """
-    from ldvce.bench import run_lrp
+    from benchmarks.lrp import run_lrp
     return run_lrp(n, composites=composites, figure=figure, json_path=json, device=device)
 
 

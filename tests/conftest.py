@@ -36,7 +36,7 @@ def toy_unseen(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_resnet_ckpt() -> Path:
     """The toy ResNet classifier (the weights shipped in toyfaces/weights/classifiers)."""
-    from ldvce.toyworld import toy_classifier
+    from toyfaces.world import toy_classifier
     return toy_classifier("toy_resnet")
 
 

@@ -11,7 +11,9 @@ import pytest
 
 from tests.conftest import REPO
 
-PACKAGES = ("fileio", "classifier", "dvce", "xai", "study", "toyfaces", "ldvce")
+PACKAGES = ("fileio", "classifier", "dvce", "xai", "study", "toyfaces", "experiments",
+            "benchmarks", "ldvce")
+CAPABILITIES = {"classifier", "dvce", "xai", "study", "toyfaces", "fileio"}
 # package -> project packages (or single modules) it may import; everything else is forbidden
 ALLOWED = {
     "fileio": set(),
@@ -19,9 +21,14 @@ ALLOWED = {
     "dvce": {"classifier", "fileio"},
     "xai": {"classifier", "fileio"},
     "study": {"fileio", "dvce.runfolder"},  # the run-folder format (no torch), nothing else of dvce
-    "toyfaces": {"classifier", "dvce", "fileio"},  # registers the toy LDM with dvce.ldm
-    "ldvce": {"classifier", "dvce", "xai", "study", "toyfaces", "fileio"},
+    # registers the toy LDM with dvce.ldm and the toy classifiers with classifier.registry
+    "toyfaces": {"classifier", "dvce", "fileio"},
+    "experiments": CAPABILITIES,
+    "benchmarks": CAPABILITIES | {"experiments"},  # runs pipelines (e.g. the protocol) to time them
+    "ldvce": CAPABILITIES | {"experiments", "benchmarks"},
 }
+#: The CLI package holds the command line only: no pipeline, experiment or benchmark.
+CLI_MODULES = {"__init__.py", "cli.py", "cliparse.py"}
 
 
 def _imports(path):
@@ -59,6 +66,26 @@ def _violations():
 
 def test_imports_follow_the_one_way_dependency_graph():
     assert _violations() == []
+
+
+def test_the_cli_package_holds_only_the_command_line():
+    """``ldvce/`` is the command line: experiments live in ``experiments/``, benchmarks in
+    ``benchmarks/``, and the CLI reaches them only inside its command functions, so that
+    ``import ldvce.cli`` (``ldvce --help``) loads no experiment and no benchmark."""
+    assert {p.name for p in (REPO / "ldvce").glob("*.py")} == CLI_MODULES
+    assert not [p for p in (REPO / "ldvce").iterdir() if p.is_dir() and p.name != "__pycache__"]
+    tree = ast.parse((REPO / "ldvce" / "cli.py").read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [a.name if isinstance(n, ast.Import) else f"{n.module}.{a.name}"
+             for n in top for a in n.names]
+    assert not [m for m in names if m.split(".")[0] in ("experiments", "benchmarks")]
+
+
+def test_nothing_below_the_cli_imports_it():
+    found = [f"{p.relative_to(REPO)}:{lineno} imports {name}"
+             for pkg in PACKAGES if pkg != "ldvce" for p in (REPO / pkg).rglob("*.py")
+             for lineno, name in _imports(p) if name.split(".")[0] == "ldvce"]
+    assert found == []
 
 
 def test_the_checker_sees_violations(tmp_path, monkeypatch):
@@ -100,9 +127,27 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_importing_ldvce_registers_the_toy_ldm_without_loading_torch():
     out = _python("import sys, ldvce.cli\n"
                   "from dvce.ldm import registered_ldms, resolve_source\n"
-                  "print(registered_ldms(), resolve_source('toy')[1].name, 'torch' in sys.modules)")
+                  "from classifier.registry import registered_classifiers\n"
+                  "print(registered_ldms(), resolve_source('toy')[1].name, 'torch' in sys.modules,"
+                  " 'toy_resnet' in registered_classifiers(),"
+                  " any(m.split('.')[0] in ('experiments', 'benchmarks') for m in sys.modules))")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["['toy']", "toy-ldm", "False"]
+    assert out.stdout.split() == ["['toy']", "toy-ldm", "False", "True", "False"]
+
+
+def test_register_classifier_resolves_names_and_checks_paths(tmp_path, monkeypatch):
+    from classifier import registry
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    ckpt = tmp_path / "mine.safetensors"
+    ckpt.write_bytes(b"x")
+    registry.register_classifier("mine", lambda: ckpt)
+    assert "mine" in registry.registered_classifiers()
+    assert registry.resolve_classifier("mine") == ckpt
+    assert registry.resolve_classifier(str(ckpt)) == ckpt  # a path is a path
+    with pytest.raises(ValueError, match="plain word"):
+        registry.register_classifier("a/b.ckpt", lambda: ckpt)
+    with pytest.raises(FileNotFoundError, match="registered name: .*mine"):
+        registry.resolve_classifier(tmp_path / "missing.ckpt")
 
 
 def test_load_ldm_toy_without_toyfaces_says_what_to_import():

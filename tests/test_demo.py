@@ -1,9 +1,12 @@
 """`ldvce demo --quick` end to end on the cached toy world (the main job)."""
 import json
 
+import pytest
 
+
+@pytest.mark.integration
 def test_demo_quick_writes_the_three_files(tmp_path, toy_resnet_ckpt):
-    from ldvce.demo import run_demo
+    from experiments.demo.run import run_demo
     out = tmp_path / "demo"
     summary = run_demo(out, quick=True)
     for name in ("overview.png", "report.html", "summary.json"):

@@ -164,6 +164,7 @@ def test_slurm_example_matches_the_cli_flags():
 
 
 # ------------------------------------------------------------------------------ two processes
+@pytest.mark.integration
 def test_two_processes_give_the_same_bytes_as_one(faces, reference, toy_resnet_ckpt, tmp_path):
     out = tmp_path / "two"
     r = _ldvce(["generate", "--images", faces, "--classifier", toy_resnet_ckpt, "--ldm", "toy",
@@ -180,6 +181,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration
 def test_slurm_tasks_started_as_srun_would(faces, reference, toy_resnet_ckpt, tmp_path):
     """Two processes with the variables srun gives the tasks of a 1-node, 2-task job: Lightning's
     SLURMEnvironment takes the ranks from them and starts no processes of its own."""
@@ -202,6 +204,7 @@ def test_slurm_tasks_started_as_srun_would(faces, reference, toy_resnet_ckpt, tm
     _assert_same_run(reference, out)
 
 
+@pytest.mark.integration
 def test_crash_mid_write_on_one_rank_then_resume(tmp_path):
     """Rank 1 records an unreadable and a NaN input, then is SIGKILLed while writing a folder;
     the rerun does exactly the missing images and keeps rank 1's records."""

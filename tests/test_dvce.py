@@ -180,7 +180,7 @@ def test_guided_runs_in_bfloat16(problem):
 
 
 def test_gpu_benchmark_is_skipped_with_a_message_on_cpu(capsys):
-    from ldvce.bench import run_generate
+    from benchmarks.generate import run_generate
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the benchmark would run for real")
     assert run_generate(n=2, gpu=True, device="cpu") is None

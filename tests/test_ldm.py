@@ -93,7 +93,7 @@ def test_shipped_toy_ldm_loads_offline_and_samples_a_grid_quickly(monkeypatch):
     assert imgs.shape == (16, 3, 64, 64) and time.perf_counter() - t < 60
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_exact_compvis_architecture_step_and_decode_at_256():
     ldm = build_random_ldm(COMPVIS_VQ_CONFIG, COMPVIS_UNET_CONFIG)
     assert ldm.latent_shape == (3, 64, 64) and ldm.image_size == 256

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
@@ -26,6 +27,7 @@ def test_notebooks_are_stored_without_outputs():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), p.name
 
 
+@pytest.mark.integration
 def test_study_notebook(tmp_path):
     from study import write_export
     from study.synthetic import random_study
@@ -36,9 +38,10 @@ def test_study_notebook(tmp_path):
     assert (tmp_path / "out" / "study_summary.json").exists()
 
 
+@pytest.mark.integration
 def test_counterfactual_and_crp_notebooks(tmp_path, toy_resnet_ckpt):
-    from ldvce.bench import pick_not_smiling
-    from ldvce.notebook import load_models, toy_test_lmdb
+    from classifier.evaluate import pick_not_smiling
+    from experiments.notebook import load_models, toy_test_lmdb
     lmdb, attr = toy_test_lmdb()
     clf, _ = load_models("toy_resnet", "toy", "cpu")
     rows = pick_not_smiling(clf, Path(lmdb).parent, 2)
@@ -53,6 +56,7 @@ def test_counterfactual_and_crp_notebooks(tmp_path, toy_resnet_ckpt):
     assert list((tmp_path / "crp").rglob("*.png"))
 
 
+@pytest.mark.integration
 def test_clever_hans_notebook(tmp_path):
     """The spurious-cue notebook on a small setting (2 faces, CRP references from 32 faces)."""
     import json

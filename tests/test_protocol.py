@@ -294,7 +294,7 @@ def test_oracle_face_rule_on_toy_faces(tmp_path):
     few factors, so some different faces are near twins)."""
     import dataclasses
     from dvce.protocol.features import face_network
-    from ldvce.toyworld import toy_classifier
+    from toyfaces.world import toy_classifier
     from toyfaces.render import render, sample_factors
     f = sample_factors(80, 123)
     a, b = render(f), render(dataclasses.replace(f, smile=-f.smile))
@@ -332,7 +332,7 @@ def toy_pairs_run(tmp_path_factory):
 
 def test_evaluate_protocol_full_cli_writes_every_metric_and_caches(toy_pairs_run, capsys):
     from ldvce.cli import main
-    from ldvce.toyworld import TRAIN_DATA, toy_data
+    from toyfaces.world import TRAIN_DATA, toy_data
     attr = toy_data(TRAIN_DATA) / "CelebAMask-HQ-attribute-anno.txt"
     args = ["evaluate", str(toy_pairs_run), "--protocol", "full", "--oracle", "toy_oracle",
             "--train-attr-file", str(attr), "--device", "cpu"]
@@ -369,9 +369,9 @@ def test_evaluate_protocol_errors_name_the_problem(toy_pairs_run, tmp_path):
         main(["evaluate", "--compare", str(tmp_path)])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_bench_generate_protocol_full_writes_both_runs(tmp_path):
-    from ldvce.bench import bench_protocol_toy
+    from benchmarks.protocol import bench_protocol_toy
     r = bench_protocol_toy(n=2, out=tmp_path)
     assert set(r["runs"]) == {"seed", "guided"}
     for v in r["runs"].values():

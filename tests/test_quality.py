@@ -12,7 +12,7 @@ from tests.conftest import UNSEEN_SEED
 def world(toy_resnet, tmp_path_factory):
     import toyfaces
     from dvce.ldm import load_ldm
-    from ldvce.bench import pick_not_smiling
+    from classifier.evaluate import pick_not_smiling
     data = toyfaces.make_dataset(tmp_path_factory.mktemp("quality"), n=160, seed=UNSEEN_SEED + 7,
                                  progress=False)
     ldm = load_ldm("toy")
@@ -92,7 +92,7 @@ def _oracle_mnac(x, cf, agreement: bool = False):
     from classifier.attributes import attribute_index
     from classifier.models import load_classifier
     from dvce.metrics import mnac
-    from ldvce.toyworld import toy_classifier
+    from toyfaces.world import toy_classifier
     import toyfaces
     oracle = load_classifier(toy_classifier("toy_oracle")).requires_grad_(False)
     valid = torch.zeros(40, dtype=torch.bool)
@@ -114,10 +114,10 @@ def test_dime_flips_with_its_defaults_and_keeps_other_attributes(world, toy_resn
     assert flip >= 0.75 and l1 <= 0.08 and m <= 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_seed_method_flip_rate_and_l1_against_guided(world, toy_resnet):
     from dvce.samplers import DEFAULT_METHOD
-    from ldvce.bench import SEED_FAITHFUL
+    from benchmarks.common import SEED_FAITHFUL
     flip, l1, loc, _, _ = _run(world, toy_resnet, "seed", SEED_FAITHFUL["options"], 16, 16)
     gflip, gl1, gloc, _, _ = _run(world, toy_resnet, DEFAULT_METHOD, {}, 16, 16)
     print(f"\nseed: flip {flip:.3f} L1 {l1:.4f} loc {loc:.3f} | guided: flip {gflip:.3f} L1 {gl1:.4f}")

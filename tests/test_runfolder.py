@@ -39,7 +39,7 @@ def test_result_records_every_frame_path(run_dir):
 
 def test_every_reader_finds_the_same_items_and_frames(run_dir, tmp_path):
     from dvce.metrics import evaluate_run
-    from ldvce import notebook
+    from experiments import notebook
     from study import evaluate_study, write_export
     from study.synthetic import random_study
     ids = [it.image_id for it in runfolder.list_items(run_dir)]

@@ -1,10 +1,11 @@
-"""The Clever Hans experiment (ldvce/spurious.py): scoring on hand-built data, and the thresholds
-the experiment must reach on unseen faces."""
+"""The Clever Hans experiment (experiments/clever_hans/): scoring on hand-built data, and the
+thresholds the experiment must reach on unseen faces."""
 
 import numpy as np
 import pytest
 
-from ldvce import spurious as S
+from dvce import metrics as M
+from experiments.clever_hans import data as S, report as R, run as X, scoring as SC
 
 
 def _masks(size=16):
@@ -23,35 +24,35 @@ def test_region_shares_and_rates_on_hand_built_changes():
     on_mouth = np.zeros((16, 16))
     on_mouth[11:13, 6:10] = 0.5       # all in the mouth …
     on_mouth[8, 0] = 1.0              # … plus a speck elsewhere
-    h1, m1 = S.region_shares(on_hat, hat, mouth)
+    h1, m1 = M.region_shares(on_hat, hat, mouth)
     assert (h1, m1) == pytest.approx((16 / 18, 2 / 18))
-    h2, m2 = S.region_shares(on_mouth, hat, mouth)
+    h2, m2 = M.region_shares(on_mouth, hat, mouth)
     assert (h2, m2) == pytest.approx((0.0, 4 / 5))
     # masks at another resolution are resized to the change map
     big_hat = np.kron(hat, np.ones((4, 4), bool))
     big_mouth = np.kron(mouth, np.ones((4, 4), bool))
-    assert S.region_shares(on_hat, big_hat, big_mouth) == pytest.approx((h1, m1))
+    assert M.region_shares(on_hat, big_hat, big_mouth) == pytest.approx((h1, m1))
     # nothing changed: NaN
-    h0, m0 = S.region_shares(np.zeros((16, 16)), hat, mouth)
+    h0, m0 = M.region_shares(np.zeros((16, 16)), hat, mouth)
     assert np.isnan(h0) and np.isnan(m0)
 
 
 def test_change_per_pixel_does_not_favour_the_larger_region():
     hat, mouth = _masks()                      # 48 hat pixels, 18 mouth pixels
     spread = np.ones((16, 16))                 # the same change everywhere
-    hs, ms = S.region_shares(spread, hat, mouth)
+    hs, ms = M.region_shares(spread, hat, mouth)
     assert hs > 2 * ms                         # shares favour the larger hat region …
-    assert S.region_densities(spread, hat, mouth) == pytest.approx((1.0, 1.0))  # … densities not
+    assert M.region_densities(spread, hat, mouth) == pytest.approx((1.0, 1.0))  # … densities not
     on_hat = np.zeros((16, 16))
     on_hat[1:3, 4:12] = 1.0                    # 16 of the 48 hat pixels
     on_hat[12, 7] = 2.0                        # 1 of the 18 mouth pixels, twice as strong
-    dh, dm = S.region_densities(on_hat, hat, mouth)
+    dh, dm = M.region_densities(on_hat, hat, mouth)
     assert (dh, dm) == pytest.approx((16 / 48, 2 / 18))
     on_mouth = np.zeros((16, 16))
     on_mouth[11:13, 6:10] = 0.5
-    mh, mm = S.region_densities(on_mouth, hat, mouth)
+    mh, mm = M.region_densities(on_mouth, hat, mouth)
     assert (mh, mm) == pytest.approx((0.0, 4 / 18))
-    r = S.change_rates([dh, mh, 0.0, 0.3], [dm, mm, 0.0, 0.3])
+    r = SC.change_rates([dh, mh, 0.0, 0.3], [dm, mm, 0.0, 0.3])
     # images: hat wins, mouth wins, unchanged (neither), tie (neither)
     assert r == {"hat_change_rate": 0.25, "mouth_change_rate": 0.25}
 
@@ -62,8 +63,8 @@ def test_oracle_flip_rates_count_each_attribute():
     after[0, 35] = after[1, 35] = after[2, 35] = 3.0   # hat appears on three faces
     after[3, 31] = 1.0                                  # a smile on one
     before[2, 5] = 2.0                                  # other attributes do not count
-    r = S.oracle_flip_rates(before, after, hat_index=35, smile_index=31)
-    assert r == {"oracle_hat_flip_rate": 0.75, "oracle_smile_flip_rate": 0.25}
+    r = M.decision_flip_rates(before, after, {"hat": 35, "smile": 31})
+    assert r == {"hat": 0.75, "smile": 0.25}
 
 
 def test_undo_region_restores_only_that_region():
@@ -71,10 +72,10 @@ def test_undo_region_restores_only_that_region():
     hat, mouth = _masks()
     x = torch.zeros(3, 16, 16)
     cf = torch.ones(3, 16, 16)
-    out = S.undo_region(x, cf, hat)
+    out = M.undo_region(x, cf, hat)
     assert float(out[:, hat].abs().sum()) == 0.0 and bool((out[:, ~hat] == 1).all())
     assert float(cf.sum()) == 3 * 256  # the input is left alone
-    batch = S.undo_region(x.numpy()[None], cf.numpy()[None], mouth)
+    batch = M.undo_region(x.numpy()[None], cf.numpy()[None], mouth)
     assert batch.shape == (1, 3, 16, 16) and batch[0][:, mouth].sum() == 0
     assert batch[0][:, ~mouth].min() == 1
 
@@ -92,19 +93,19 @@ def test_decision_mass_follows_the_sign_of_the_logit():
 
 
 def test_report_section_names_every_number(tmp_path):
-    role = {key: 0.5 for key, _ in S.ROWS}
+    role = {key: 0.5 for key, _ in R.ROWS}
     summary = {"spurious": {"target": "Smiling", "cue": "Wearing_Hat", "strength": 1.0,
                             "method": "guided", "images": 3, "data_seed": 7,
                             "biased": dict(role, hat_change_rate=1.0), "clean": role},
                "seconds": 1.0}
     import html
-    page = S.write_report(tmp_path, summary).read_text()
-    for _, label in S.ROWS:
+    page = R.write_report(tmp_path, summary).read_text()
+    for _, label in R.ROWS:
         assert html.escape(label) in page
     assert "1.000" in page and "guided" in page
-    assert "counterfactuals hide it" in S.reading(summary)   # hat rate 1.0, but oracle 0.5 : 0.5
+    assert "counterfactuals hide it" in R.reading(summary)   # hat rate 1.0, but oracle 0.5 : 0.5
     shows = dict(role, hat_change_rate=0.95, oracle_hat_flip_rate=0.9, oracle_smile_flip_rate=0.1)
-    assert "counterfactuals show it: 95 %" in S.reading(
+    assert "counterfactuals show it: 95 %" in R.reading(
         {"spurious": dict(summary["spurious"], biased=shows)})
 
 
@@ -113,12 +114,13 @@ def unseen(tmp_path_factory):
     """The experiment (guided sampler, its defaults) on 12 faces of a seed no model saw."""
     from tests.conftest import UNSEEN_SEED
     out = tmp_path_factory.mktemp("spurious")
-    s = S.run_experiment(out, n_images=12, data_seed=UNSEEN_SEED, data_size=200, crp=False,
+    s = X.run_experiment(out, n_images=12, data_seed=UNSEEN_SEED, data_size=200, crp=False,
                          figure=False)["spurious"]
-    print(S.summary_table({"spurious": s}))
+    print(R.summary_table({"spurious": s}))
     return s
 
 
+@pytest.mark.integration
 def test_unseen_faces_answer_key_clean_counterfactuals_and_lrp(unseen):
     """What holds with margin: the answer key (re-rendered faces) says the biased classifier
     reads the hat and the clean one the mouth; the clean classifier's counterfactuals change the
@@ -139,6 +141,7 @@ def test_unseen_faces_answer_key_clean_counterfactuals_and_lrp(unseen):
     assert c["lrp_mouth_mass_post"] > max(0.5, 10 * c["lrp_hat_mass_post"])
 
 
+@pytest.mark.integration
 @pytest.mark.xfail(strict=True, reason="measured: the guided sampler (defaults) hides the cue; "
                    "the biased classifier's counterfactuals change the mouth, not the hat "
                    "(README, 'What counterfactuals are for')")
@@ -168,7 +171,7 @@ def test_biased_classifier_is_shipped_and_retrains_with_the_toy_recipe(tmp_path,
     in its place, and caches the checkpoint."""
     import classifier.train
     from classifier import load_classifier
-    from ldvce.toyworld import shipped_classifier
+    from toyfaces.world import shipped_classifier
     path = S.biased_classifier()
     assert path == shipped_classifier("toy_resnet_wearing_hat_1") and path.suffix == ".safetensors"
     biased, clean = load_classifier(path), load_classifier(S.clean_classifier())

@@ -26,6 +26,8 @@ from tests.study_server import ADMIN_TOKEN, REPO, StudyServer, admin
 DISPLAY = 512
 INSTALL = "apt-get install -y chromium chromium-driver (and pip install -e '.[test]' for selenium)"
 
+pytestmark = pytest.mark.integration  # Selenium + Chromium, end to end
+
 
 def _missing(msg: str):
     if os.environ.get("CI"):

@@ -89,7 +89,7 @@ def test_render_rows_gives_the_dataset_rows_without_writing_it(tmp_path):
     import torch
     from PIL import Image
     from classifier.images import pil_to_tensor
-    from ldvce.toyworld import held_out_faces
+    from toyfaces.world import held_out_faces
     folder = toyfaces.make_dataset(tmp_path / "d", n=50, seed=11, progress=False)
     rows = [47, 3, 20]
     images, masks = toyfaces.render_rows(50, 11, rows)

@@ -18,7 +18,7 @@ def test_shipped_weights_are_what_the_configs_train(name):
     """The shipped file is returned by default, loads without Lightning, and holds the
     architecture its config builds (so ``retrain=True`` trains the same network)."""
     from classifier import ResNetClassifier, load_classifier
-    from ldvce.toyworld import shipped_classifier, toy_classifier
+    from toyfaces.world import shipped_classifier, toy_classifier
     path = toy_classifier(name)
     assert path == shipped_classifier(name) and path.suffix == ".safetensors"
     model = load_classifier(path)
@@ -33,7 +33,7 @@ def test_shipped_weights_are_what_the_configs_train(name):
 def test_shipped_weights_are_small_and_the_oracle_is_unrelated():
     from classifier import load_classifier
     from classifier.models import receptive_field
-    from ldvce.toyworld import shipped_classifier
+    from toyfaces.world import shipped_classifier
     sizes = {n: shipped_classifier(n).stat().st_size for n in ("toy_resnet", "toy_oracle")}
     assert sum(sizes.values()) < 10e6, sizes
     toy, oracle = (load_classifier(shipped_classifier(n)) for n in ("toy_resnet", "toy_oracle"))
@@ -48,7 +48,7 @@ def test_retrain_trains_with_the_config_and_caches_the_result(tmp_path, monkeypa
     """``retrain=True`` runs the project's training on the toy training data (faked here: the
     real loop is tested in test_classifier.py) and returns the checkpoint it cached."""
     import classifier.train
-    from ldvce import toyworld
+    from toyfaces import world as toyworld
     monkeypatch.setenv("LDVCE_CACHE", str(tmp_path))
     data = tmp_path / "data" / "toy-train"
     monkeypatch.setattr(toyworld, "toy_data", lambda spec=toyworld.TRAIN_DATA, progress=True: data)

@@ -3,6 +3,7 @@ runs, the result is a diffusers folder that ``load_ldm`` loads, and a rerun resu
 checkpoints instead of training again."""
 import json
 
+import pytest
 import torch
 
 from toyfaces.train_ldm import LDMTrainConfig, _batch, load_region_masks, train_ldm
@@ -12,6 +13,7 @@ TINY = LDMTrainConfig(vq_warmup_steps=4, vq_quant_steps=2, vq_batch=4, unet_step
                       checkpoint_every=2)
 
 
+@pytest.mark.integration
 def test_tiny_training_run_saves_a_loadable_ldm_and_resumes(toy_unseen, tmp_path):
     import toyfaces
     from dvce import diffusion

@@ -194,7 +194,7 @@ def toy(toy_resnet_ckpt):
     import toyfaces
     from classifier import CelebHQAttrDataset
     from classifier.models import load_classifier
-    from ldvce.toyworld import toy_data
+    from toyfaces.world import toy_data
     lmdb, attr = toyfaces.paths(toy_data())
     test = CelebHQAttrDataset(lmdb, attr, split=(5400, 6000), image_size=64, augment=False)
     return load_classifier(toy_resnet_ckpt), test

@@ -1,4 +1,4 @@
-"""``ldvce explain`` / ``ldvce crp`` (ldvce.explain.run_explain / run_crp) and the pictures
+"""``ldvce explain`` / ``ldvce crp`` (experiments.explain.run_explain / run_crp) and the pictures
 (xai.render) on tiny fake runs."""
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def toy_images():
     """Four test-split toy faces: two frowning, two smiling (stand-in counterfactuals)."""
     import toyfaces
     from classifier import CelebHQAttrDataset
-    from ldvce.toyworld import toy_data
+    from toyfaces.world import toy_data
     lmdb, attr = toyfaces.paths(toy_data())
     ds = CelebHQAttrDataset(lmdb, attr, split=(5400, 5440), image_size=64, augment=False)
     neg = [ds[i]["img"] for i in range(len(ds)) if ds[i]["labels"][31] == 0][:2]
@@ -75,7 +75,7 @@ def fake_run(tmp_path, toy_images):
 
 
 def test_explain_command_on_a_run(fake_run, toy_resnet_ckpt, tmp_path):
-    from ldvce.explain import run_explain
+    from experiments.explain import run_explain
     hrh = tmp_path / "hrh"
     hrh.mkdir()
     np.save(hrh / "img0.npy", np.pad(np.ones((8, 16), np.int32), ((20, 4), (8, 8))))  # 32×32
@@ -100,7 +100,7 @@ def test_explain_command_on_a_run(fake_run, toy_resnet_ckpt, tmp_path):
 
 def test_explain_plain_folder_and_linear_model(tmp_path, toy_images):
     from classifier.models import LinearClassifier, export_safetensors
-    from ldvce.explain import run_explain
+    from experiments.explain import run_explain
     folder = tmp_path / "imgs"
     folder.mkdir()
     neg, pos = toy_images
@@ -120,7 +120,7 @@ def test_explain_plain_folder_and_linear_model(tmp_path, toy_images):
 
 
 def test_crp_command_local_on_a_run(fake_run, toy_resnet_ckpt, tmp_path):
-    from ldvce.explain import run_crp
+    from experiments.explain import run_crp
     s = run_crp("local", toy_resnet_ckpt, run=fake_run, out=tmp_path / "crp", top=3)
     out = tmp_path / "crp" / "local"
     assert s["kind"] == "pairs" and s["n"] == 2
@@ -135,8 +135,8 @@ def test_crp_command_local_on_a_run(fake_run, toy_resnet_ckpt, tmp_path):
 
 
 def test_crp_command_global_on_toyfaces(toy_resnet_ckpt, tmp_path):
-    from ldvce.explain import run_crp
-    from ldvce.toyworld import toy_data
+    from experiments.explain import run_crp
+    from toyfaces.world import toy_data
     r = run_crp("global", toy_resnet_ckpt, data=toy_data(), layers="net.layer4", n=24, top=2,
                 out=tmp_path / "g")
     out = tmp_path / "g" / "global"
@@ -146,9 +146,9 @@ def test_crp_command_global_on_toyfaces(toy_resnet_ckpt, tmp_path):
 
 def test_library_calls_as_the_demo_makes_them(fake_run, toy_resnet_ckpt, tmp_path):
     """explain_run with a loaded model and a panel path; run_crp with a loaded model and
-    ``max_pairs`` (how ldvce.demo and the notebooks call them)."""
+    ``max_pairs`` (how experiments.demo and the notebooks call them)."""
     from classifier.models import load_classifier
-    from ldvce.explain import explain_run, run_crp
+    from experiments.explain import explain_run, run_crp
     clf = load_classifier(toy_resnet_ckpt)
     s = explain_run(fake_run, clf, ["epsilon_plus_flat"], "Smiling", "logit",
                     panel_path=tmp_path / "overview.png", progress=False)

@@ -213,7 +213,7 @@ N_TOY = 32
 @pytest.fixture(scope="module")
 def toy_batch(toy_resnet_ckpt):
     from classifier.models import load_classifier
-    from ldvce.toyworld import held_out_faces
+    from toyfaces.world import held_out_faces
     x, masks, _ = held_out_faces(N_TOY)
     return load_classifier(toy_resnet_ckpt), x, masks
 

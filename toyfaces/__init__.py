@@ -6,8 +6,10 @@ written as an LMDB + ``CelebAMask-HQ-attribute-anno.txt`` (so the ``classifier``
 them as any CelebA-HQ dataset folder). The package also ships the toy LDM and the trained toy
 classifiers (``weights/``).
 
-Importing it registers the toy LDM as ``load_ldm("toy")`` (``dvce.ldm.register_ldm``); the
-dataset writer/readers are imported on first use, so the import itself needs no torch.
+Importing it registers the toy LDM as ``load_ldm("toy")`` (``dvce.ldm.register_ldm``) and the
+toy classifiers as ``--classifier toy_resnet`` etc. (``classifier.registry.register_classifier``,
+:mod:`toyfaces.world`); the dataset writer/readers are imported on first use, so the import
+itself needs no torch.
 """
 from importlib import import_module
 from pathlib import Path
@@ -15,11 +17,13 @@ from pathlib import Path
 from dvce.ldm import register_ldm as _register_ldm
 from toyfaces.ldm import TOY_LDM_NAME, toy_ldm_folder
 from toyfaces.render import MODELLED, Factors, Spurious, labels_of, render, sample_factors
+from toyfaces.world import register_toy_classifiers as _register_toy_classifiers
 
 #: Shipped weights: ``toy-ldm/`` (diffusers folder) and ``classifiers/`` (safetensors).
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 _register_ldm(TOY_LDM_NAME, toy_ldm_folder)
+_register_toy_classifiers()
 
 _EXPORTS = {
     "make_dataset": "toyfaces.data", "load_masks": "toyfaces.data", "load_meta": "toyfaces.data",

@@ -1,8 +1,10 @@
 """The toy world's cached parts: datasets, and the toy classifiers (shipped, or trained here).
 
 The toy ResNet and the oracle are shipped with the package (``toyfaces/weights/classifiers/``,
-safetensors + hyper-parameters), so nothing is trained unless asked for. Everything made here
-lives under the cache folder (``$LDVCE_CACHE`` or ``<repo>/.cache/ldvce``):
+safetensors + hyper-parameters), so nothing is trained unless asked for. ``import toyfaces``
+registers every name of :data:`TOY_CLASSIFIERS` with :func:`classifier.registry.register_classifier`,
+so ``--classifier toy_resnet`` works in every command. Everything made here lives under the
+cache folder (``$LDVCE_CACHE`` or ``<repo>/.cache/ldvce``):
 
     data/toy-train   classifier training data (seed 1)   data/toy-test   unseen-seed images (seed 7)
     models/<name>.ckpt   classifiers trained on this machine (retrain=True, or toy_linear)
@@ -11,7 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
+
+from classifier.registry import register_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "classifier"
@@ -94,17 +99,6 @@ def shipped_or_trained(name: str, config: str, data, retrain: bool = False, quie
     return ckpt
 
 
-def resolve_classifier(name_or_path: str) -> Path:
-    """A toy classifier name (``toy_resnet``, ``toy_linear``, ``toy_oracle``) or a checkpoint path."""
-    if str(name_or_path) in TOY_CLASSIFIERS:
-        return toy_classifier(str(name_or_path))
-    p = Path(name_or_path)
-    if not p.exists():
-        raise FileNotFoundError(f"classifier checkpoint not found: {p} (or use one of "
-                                f"{', '.join(TOY_CLASSIFIERS)} for the toy world)")
-    return p
-
-
 def held_out_faces(n: int = 32, attribute: str = "Smiling"):
     """(images (n, 3, 64, 64) in [-1, 1], region masks (n, 64, 64) bool, rows): the first ``n``
     test-split faces of the training world (never trained on), with ``attribute``'s ground truth.
@@ -121,3 +115,9 @@ def held_out_faces(n: int = 32, attribute: str = "Smiling"):
     images, masks = toyfaces.render_rows(total, seed, rows)
     x = torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2).sub(0.5).div(0.5)
     return x.contiguous(), masks[attribute], rows
+
+
+def register_toy_classifiers() -> None:
+    """``--classifier NAME`` for every toy classifier (called by ``import toyfaces``)."""
+    for name in TOY_CLASSIFIERS:
+        register_classifier(name, partial(toy_classifier, name))

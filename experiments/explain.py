@@ -15,14 +15,28 @@ concepts with their reference images into ``OUT/global`` (cached under ``OUT/glo
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+import toyfaces  # noqa: F401  (registers the toy classifier names)
+from classifier import CelebHQAttrDataset
+from classifier.attributes import attribute_index, attribute_name
+from classifier.dataset import ATTRIBUTE_FILE, dataset_files
+from classifier.devices import resolve_device as _device
+from classifier.images import load_folder, load_image
+from classifier.models import load_classifier
+from classifier.registry import resolve_classifier
 from dvce import runfolder
 from fileio import write_json
-from ldvce.devices import resolve_device as _device
+from study.metrics import decision_relevance_mass
+from xai import crp as C
+from xai.crp import global_analysis
+from xai.lrp import LABELS, attribute as lrp_attribute, parse_composites
+from xai.render import PanelRow, heatmap_figure, panel_figure, resize_map, symmetric_vmax
 
 PANEL_ROWS = 12
 
@@ -47,8 +61,6 @@ def _load_hrh(hrh_dir, image_id: str):
 
 def _hrh_mass(heat: np.ndarray, logit: float, hrh: np.ndarray) -> float | None:
     """Share of the decision's positive relevance inside the HRH (on the heatmap's grid)."""
-    from study.metrics import decision_relevance_mass
-    from xai.render import resize_map
     v = decision_relevance_mass(heat, logit, resize_map(np.asarray(hrh) > 0, heat.shape) > 0.5)
     return None if np.isnan(v) else v  # JSON has no nan
 
@@ -79,122 +91,151 @@ def explain_run(run_dir, model, composites=("lrp0", "epsilon_plus_flat"), attrib
     of the decision's positive relevance inside the HRH, when HRHs are given), per-image
     entries, ``panels`` and ``seconds_per_heatmap`` (LRP time per image and composite); also written to ``explain_summary.json``.
     """
-    from tqdm import tqdm
-    from classifier.attributes import attribute_index, attribute_name
-    from classifier.images import load_folder, load_image
-    from xai.lrp import LABELS, attribute as lrp_attribute, parse_composites
-    from xai.render import PanelRow, heatmap_figure, panel_figure, symmetric_vmax
 
     composites = parse_composites(composites)
-    run_dir = Path(run_dir)
     size = size or model_image_size(model)
     t0 = time.time()
-    if runfolder.is_run(run_dir):
-        kind = "run"
-        items = runfolder.list_items(run_dir)
-        ids = [it.image_id for it in items]
-        originals = [load_image(it.original, size) for it in items]
-        cfs = [load_image(it.counterfactual, size) if it.counterfactual.exists() else None
-               for it in items]
-        out_dir = Path(out_dir) if out_dir else run_dir
-        targets = [out_dir / i for i in ids]
-        results = [it.result for it in items]
-    else:
-        kind = "folder"
-        loaded = load_folder(run_dir, size)
-        for path, why in loaded.problems:
-            print(f"skipped {path.name}: {why}")
-        if not loaded.ids:
-            raise SystemExit(f"{run_dir}: neither a generation run nor a folder with images")
-        ids, originals, cfs = loaded.ids, loaded.images, [None] * len(loaded.ids)
-        out_dir = Path(out_dir) if out_dir else run_dir
-        targets = [out_dir / i for i in ids]
-        results = [{} for _ in ids]
-    have_cf = [i for i, c in enumerate(cfs) if c is not None]
-    idx = attribute_index(attribute)
-    maps: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    logits_pre = logits_post = None
-    for comp in tqdm(composites, desc="LRP", disable=not progress, dynamic_ncols=True):
-        pre = lrp_attribute(model, torch.stack(originals), attribute, comp, start,
-                            batch_size=batch_size, full=True)
-        post = (lrp_attribute(model, torch.stack([cfs[i] for i in have_cf]), attribute, comp,
-                              start, batch_size=batch_size, full=True) if have_cf else None)
-        logits_pre = pre.logits[:, idx].numpy()
-        post_full = [None] * len(ids)
-        if post is not None:
-            logits_post = np.full(len(ids), np.nan)
-            for k, i in enumerate(have_cf):
-                post_full[i] = post.heatmap[k].numpy()
-                logits_post[i] = float(post.logits[k, idx])
-        maps[comp] = ([h.numpy() for h in pre.heatmap], post_full)
+    inputs = _explain_inputs(Path(run_dir), size, out_dir)
+    maps, logits_pre, logits_post = _attribute_all(model, inputs, composites, attribute, start,
+                                                   batch_size, progress)
     seconds = time.time() - t0
-    images, panel_rows = [], []
     label = attribute_name(attribute)
-    for i, image_id in enumerate(ids):
-        folder = targets[i]
-        folder.mkdir(parents=True, exist_ok=True)
-        hrh = _load_hrh(hrh_dir, image_id)
-        entry = {"image": image_id, "logit_before": float(logits_pre[i]),
-                 "logit_after": (float(logits_post[i]) if logits_post is not None
-                                 and cfs[i] is not None else None),
-                 "flipped": results[i].get("flipped"), "composites": {}}
-        heat_pairs = {}
-        for comp in composites:
-            pre_h, post_h = maps[comp][0][i], maps[comp][1][i]
-            vmax = symmetric_vmax(pre_h, post_h)
-            lab = LABELS.get(comp, comp)
-            np.save(folder / f"heatmap_{comp}_pre.npy", pre_h.astype(np.float32))
-            heatmap_figure(pre_h, folder / f"heatmap_{comp}_pre.png", vmax=vmax,
-                           title=f"{lab} $x_0$ ({label} logit {logits_pre[i]:+.2f})")
-            stats = {"sum_pre": float(pre_h.sum())}
-            if post_h is not None:
-                np.save(folder / f"heatmap_{comp}_post.npy", post_h.astype(np.float32))
-                heatmap_figure(post_h, folder / f"heatmap_{comp}_post.png", vmax=vmax,
-                               title=f"{lab} $\\hat{{x}}_0$ ({label} logit {logits_post[i]:+.2f})")
-                stats["sum_post"] = float(post_h.sum())
-            if hrh is not None:
-                stats["hrh_mass_pre"] = _hrh_mass(pre_h, logits_pre[i], hrh)
-            entry["composites"][comp] = stats
-            heat_pairs[comp] = (pre_h, post_h)
+    images, panel_rows = [], []
+    for i, image_id in enumerate(inputs.ids):
+        entry, row = _write_heatmaps(i, inputs, maps, composites, logits_pre, logits_post,
+                                     _load_hrh(hrh_dir, image_id), label)
         images.append(entry)
-        note = f"{entry['logit_before']:+.2f}" + (f" → {entry['logit_after']:+.2f}"
-                                                  if entry["logit_after"] is not None else "")
-        panel_rows.append(PanelRow(image_id, originals[i], cfs[i], heat_pairs, hrh, note=note))
+        panel_rows.append(row)
     panels = []
     if panel and panel_rows:
-        first = Path(panel_path) if panel_path else out_dir / "panel.png"
-        for p, start_row in enumerate(range(0, len(panel_rows), PANEL_ROWS)):
-            path = first if p == 0 else first.with_name(f"{first.stem}_{p + 1}{first.suffix}")
-            panels.append(str(panel_figure(panel_rows[start_row: start_row + PANEL_ROWS],
-                                           composites, path,
-                                           title=f"{label}: LRP of originals and counterfactuals"
-                                           if kind == "run" else f"{label}: LRP")))
+        title = (f"{label}: LRP of originals and counterfactuals" if inputs.kind == "run"
+                 else f"{label}: LRP")
+        panels = _write_panels(panel_rows, composites,
+                               Path(panel_path) if panel_path else inputs.out_dir / "panel.png",
+                               title)
 
     def mean(key, comp):
         vals = [e["composites"][comp].get(key) for e in images]
         vals = [v for v in vals if v is not None]
         return float(np.mean(vals)) if vals else None
 
+    n_cf = sum(c is not None for c in inputs.cfs)
     summary = {
-        "kind": kind, "n": len(ids), "attribute": label, "start": start,
+        "kind": inputs.kind, "n": len(inputs.ids), "attribute": label, "start": start,
         "composites": {c: {"sum_pre": mean("sum_pre", c), "sum_post": mean("sum_post", c),
                            "hrh_mass_pre": mean("hrh_mass_pre", c)} for c in composites},
         "mean_logit_before": float(np.mean(logits_pre)),
         "mean_logit_after": (float(np.nanmean(logits_post)) if logits_post is not None else None),
-        "seconds_per_heatmap": seconds / max(1, len(ids) + len(have_cf)) / len(composites),
+        "seconds_per_heatmap": seconds / max(1, len(inputs.ids) + n_cf) / len(composites),
         "panels": panels, "images": images,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "explain_summary.json", summary, indent=1)
+    inputs.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(inputs.out_dir / "explain_summary.json", summary, indent=1)
     return summary
+
+
+@dataclass
+class _Inputs:
+    """What :func:`explain_run` explains: a run's originals and counterfactuals, or a folder's
+    images (``cfs`` all None), with each image's output folder and its run result."""
+    kind: str                        # "run" or "folder"
+    ids: list[str]
+    originals: list[torch.Tensor]
+    cfs: list[torch.Tensor | None]
+    targets: list[Path]
+    results: list[dict]
+    out_dir: Path
+
+
+def _explain_inputs(run_dir: Path, size: int, out_dir) -> _Inputs:
+    out_dir = Path(out_dir) if out_dir else run_dir
+    if runfolder.is_run(run_dir):
+        items = runfolder.list_items(run_dir)
+        ids = [it.image_id for it in items]
+        return _Inputs("run", ids, [load_image(it.original, size) for it in items],
+                       [load_image(it.counterfactual, size) if it.counterfactual.exists()
+                        else None for it in items],
+                       [out_dir / i for i in ids], [it.result for it in items], out_dir)
+    loaded = load_folder(run_dir, size)
+    for path, why in loaded.problems:
+        print(f"skipped {path.name}: {why}")
+    if not loaded.ids:
+        raise SystemExit(f"{run_dir}: neither a generation run nor a folder with images")
+    ids = loaded.ids
+    return _Inputs("folder", ids, loaded.images, [None] * len(ids), [out_dir / i for i in ids],
+                   [{} for _ in ids], out_dir)
+
+
+def _attribute_all(model, inputs: _Inputs, composites, attribute, start, batch_size, progress):
+    """LRP of every original and counterfactual per composite: ``({composite: (pre maps,
+    post maps or None per image)}, logits before, logits after or None)``."""
+    have_cf = [i for i, c in enumerate(inputs.cfs) if c is not None]
+    idx = attribute_index(attribute)
+    maps: dict[str, tuple[list[np.ndarray], list[np.ndarray | None]]] = {}
+    logits_pre = logits_post = None
+    for comp in tqdm(composites, desc="LRP", disable=not progress, dynamic_ncols=True):
+        pre = lrp_attribute(model, torch.stack(inputs.originals), attribute, comp, start,
+                            batch_size=batch_size, full=True)
+        post = (lrp_attribute(model, torch.stack([inputs.cfs[i] for i in have_cf]), attribute,
+                              comp, start, batch_size=batch_size, full=True) if have_cf else None)
+        logits_pre = pre.logits[:, idx].numpy()
+        post_full = [None] * len(inputs.ids)
+        if post is not None:
+            logits_post = np.full(len(inputs.ids), np.nan)
+            for k, i in enumerate(have_cf):
+                post_full[i] = post.heatmap[k].numpy()
+                logits_post[i] = float(post.logits[k, idx])
+        maps[comp] = ([h.numpy() for h in pre.heatmap], post_full)
+    return maps, logits_pre, logits_post
+
+
+def _write_heatmaps(i: int, inputs: _Inputs, maps, composites, logits_pre, logits_post, hrh,
+                    label: str) -> tuple[dict, PanelRow]:
+    """Image ``i``'s heatmaps (``.npy`` + PNG, pre and post on one scale) into its folder: its
+    summary entry and its panel row."""
+    folder, cf = inputs.targets[i], inputs.cfs[i]
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = {"image": inputs.ids[i], "logit_before": float(logits_pre[i]),
+             "logit_after": (float(logits_post[i]) if logits_post is not None
+                             and cf is not None else None),
+             "flipped": inputs.results[i].get("flipped"), "composites": {}}
+    heat_pairs = {}
+    for comp in composites:
+        pre_h, post_h = maps[comp][0][i], maps[comp][1][i]
+        vmax = symmetric_vmax(pre_h, post_h)
+        lab = LABELS.get(comp, comp)
+        np.save(folder / f"heatmap_{comp}_pre.npy", pre_h.astype(np.float32))
+        heatmap_figure(pre_h, folder / f"heatmap_{comp}_pre.png", vmax=vmax,
+                       title=f"{lab} $x_0$ ({label} logit {logits_pre[i]:+.2f})")
+        stats = {"sum_pre": float(pre_h.sum())}
+        if post_h is not None:
+            np.save(folder / f"heatmap_{comp}_post.npy", post_h.astype(np.float32))
+            heatmap_figure(post_h, folder / f"heatmap_{comp}_post.png", vmax=vmax,
+                           title=f"{lab} $\\hat{{x}}_0$ ({label} logit {logits_post[i]:+.2f})")
+            stats["sum_post"] = float(post_h.sum())
+        if hrh is not None:
+            stats["hrh_mass_pre"] = _hrh_mass(pre_h, logits_pre[i], hrh)
+        entry["composites"][comp] = stats
+        heat_pairs[comp] = (pre_h, post_h)
+    note = f"{entry['logit_before']:+.2f}" + (f" → {entry['logit_after']:+.2f}"
+                                              if entry["logit_after"] is not None else "")
+    return entry, PanelRow(inputs.ids[i], inputs.originals[i], cf, heat_pairs, hrh, note=note)
+
+
+def _write_panels(rows: list[PanelRow], composites, first: Path, title: str) -> list[str]:
+    """Panel figures of :data:`PANEL_ROWS` images each: ``first``, then ``<stem>_2.png``…"""
+    panels = []
+    for p, start_row in enumerate(range(0, len(rows), PANEL_ROWS)):
+        path = first if p == 0 else first.with_name(f"{first.stem}_{p + 1}{first.suffix}")
+        panels.append(str(panel_figure(rows[start_row: start_row + PANEL_ROWS], composites, path,
+                                       title=title)))
+    return panels
 
 
 def _model(classifier, device: str = "auto"):
     """A loaded classifier as is, or a checkpoint path / toy name loaded on ``device``."""
     if isinstance(classifier, torch.nn.Module):
         return classifier
-    from classifier.models import load_classifier
-    from ldvce.toyworld import resolve_classifier
     return load_classifier(resolve_classifier(classifier), map_location=_device(device))
 
 
@@ -218,14 +259,18 @@ def run_explain(run, classifier, *, attribute: str = "Smiling",
 
 # ----------------------------------------------------------------------------------- crp
 def _data_paths(data, attr_file=None) -> tuple[Path, Path]:
+    """(LMDB, attribute file) of ``--data``: a dataset folder, or an LMDB with its attribute
+    file beside it unless ``--attr-file`` is given (as ``ldvce generate``)."""
     data = Path(data)
-    if data.is_dir() and (data / "meta.json").exists():
-        import toyfaces
-        return toyfaces.paths(data)
-    attr = Path(attr_file) if attr_file else data.parent / "CelebAMask-HQ-attribute-anno.txt"
+    if attr_file is None and data.suffix == ".lmdb":
+        attr_file = data.parent / ATTRIBUTE_FILE
+    try:
+        lmdb, attr = dataset_files(data, attr_file)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"ldvce crp global: {e}")
     if not attr.exists():
         raise SystemExit(f"--attr-file is required (no {attr})")
-    return data, attr
+    return lmdb, attr
 
 
 def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4", top: int = 6,
@@ -237,10 +282,6 @@ def crp_local(run_dir, model, attribute="Smiling", layers="net.layer3,net.layer4
     ``max_items`` if given) and ``crp_local.json`` with, for runs, how often each concept was
     among the most changed ones.
     """
-    from tqdm import tqdm
-    from classifier.attributes import attribute_name
-    from classifier.images import load_folder, load_image
-    from xai import crp as C
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     size = size or model_image_size(model)
@@ -307,8 +348,6 @@ def run_crp(mode: str, classifier, *, out, attribute: str = "Smiling", run=None,
             print("concepts most often among the most changed: "
                   + ", ".join(f"{c} ({k}×)" for c, k in s["most_often_changed"][:6]))
         return s
-    from classifier import CelebHQAttrDataset
-    from xai.crp import global_analysis
     out = Path(out) / "global"
     lmdb, attr = _data_paths(data, attr_file)
     ds = CelebHQAttrDataset(lmdb, attr, split="all", image_size=model_image_size(model),

@@ -7,13 +7,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+import toyfaces
+from classifier.attributes import attribute_index
+from classifier.devices import resolve_device
+from classifier.models import load_classifier
+from classifier.registry import resolve_classifier
+from dvce import runfolder, runner
+from dvce.ldm import load_ldm
+from dvce.samplers import Problem
+from toyfaces.world import TEST_DATA, toy_data
+
 
 def load_models(classifier: str, ldm: str = "CompVis/ldm-celebahq-256", device: str = "auto"):
     """(classifier, ldm): a checkpoint path or toy name, and an LDM hub id / folder / ``toy``."""
-    from classifier.models import load_classifier
-    from dvce.ldm import load_ldm
-    from ldvce.toyworld import resolve_classifier
-    from ldvce.devices import resolve_device
     dev = resolve_device(device)
     clf = load_classifier(resolve_classifier(classifier), map_location=dev).requires_grad_(False)
     return clf, load_ldm(ldm, device=dev)
@@ -21,14 +27,11 @@ def load_models(classifier: str, ldm: str = "CompVis/ldm-celebahq-256", device: 
 
 def toy_test_lmdb() -> tuple[str, str]:
     """(lmdb, attribute file) of the cached held-out toy images."""
-    import toyfaces
-    from ldvce.toyworld import TEST_DATA, toy_data
     return tuple(str(p) for p in toyfaces.paths(toy_data(TEST_DATA)))
 
 
 def inputs(images=None, lmdb=None, attr_file=None, indices=None, size=256):
     """Runner items from an image folder or from LMDB rows."""
-    from dvce import runner
     if images:
         return runner.folder_items(images, size)
     return runner.lmdb_items(lmdb, attr_file, indices, size)
@@ -36,9 +39,6 @@ def inputs(images=None, lmdb=None, attr_file=None, indices=None, size=256):
 
 def generate(items, clf, ldm, attribute="Smiling", method="guided", out="runs/notebook",
              target="auto", batch_size=8, **options) -> dict:
-    from classifier.attributes import attribute_index
-    from dvce import runner
-    from dvce.samplers import Problem
     return runner.run(items, Problem(ldm, clf, attribute_index(attribute)), out, method=method,
                       target=target, batch_size=batch_size, options=options,
                       settings={"attribute": attribute})
@@ -50,7 +50,6 @@ def _img(path):
 
 def _item(run_dir, image_id=None):
     """The run's item ``image_id`` (default: its first); raises naming the run when absent."""
-    from dvce import runfolder
     items = runfolder.list_items(run_dir)
     if image_id is None and items:
         return items[0]

@@ -6,6 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+import toyfaces
+from classifier.dataset import read_attribute_file
+from classifier.devices import resolve_device
+from classifier.registry import resolve_classifier
+from dvce.metrics import evaluate_run, write_metrics
+from dvce.protocol.evaluate import ProtocolError, compare_table, evaluate_protocol
+from dvce.protocol.nets import WeightsError
 from fileio import read_json
 
 
@@ -14,7 +21,6 @@ def valid_attributes(train_attr_file) -> list[int] | None:
     the toy world, whose other 29 are constant and which an oracle cannot have learned)."""
     if train_attr_file is None:
         return None
-    from classifier.dataset import read_attribute_file
     _, _, labels = read_attribute_file(train_attr_file)
     varies = (labels != labels[:1]).any(0)
     return [int(i) for i in np.flatnonzero(varies)]
@@ -25,12 +31,8 @@ def run_protocol(run, *, fid_features="oracle", face_model="oracle", oracle=None
                  device="cpu", cache=True) -> dict:
     """The existing metrics (flip rate, L1/L2/SSIM, localisation with ``masks``) and the
     protocol's, merged; writes ``RUN/metrics.json`` and returns it."""
-    from dvce.metrics import evaluate_run, write_metrics
-    from dvce.protocol.evaluate import evaluate_protocol
-    from ldvce.toyworld import resolve_classifier
     loaded_masks = None
     if masks:
-        import toyfaces
         loaded_masks = toyfaces.load_masks(masks)
     base = evaluate_run(run, masks=loaded_masks, attribute=attribute)
     proto = evaluate_protocol(run, fid_features=fid_features, face_model=face_model,
@@ -64,7 +66,6 @@ def run_name(run) -> str:
 
 def compare_runs(runs) -> str:
     """The comparison table of run folders that have protocol metrics."""
-    from dvce.protocol.evaluate import compare_table
     table = {}
     for r in runs:
         m = read_json(Path(r) / "metrics.json")
@@ -80,9 +81,6 @@ def evaluate_command(run=None, *, compare=None, fid_features="oracle", face_mode
                      masks=None, sfid_seed: int = 0, device: str = "auto",
                      no_cache: bool = False) -> dict | None:
     """What ``ldvce evaluate --protocol full`` / ``--compare`` does (keyword options as there)."""
-    from dvce.protocol.evaluate import ProtocolError
-    from dvce.protocol.nets import WeightsError
-    from ldvce.devices import resolve_device
     if compare:
         print(compare_runs(compare))
         return None

@@ -69,11 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="size the images were shown at; polygon coordinates are in this frame (default 512)")
     parser.add_argument("--analysis-size", type=int, default=256, metavar="PX",
                         help="size of the HRHs; polygons are scaled display→analysis (default 256)")
-    parser.add_argument("--raster", choices=("seed", "centre"), default="seed",
-                        help="how polygons become HRH pixels: seed = the original evaluation's rule "
-                             "(vertices scaled and truncated to integers, filled like OpenCV's fillPoly, "
-                             "outline included); centre = pixels whose centre lies inside the exact "
-                             "polygon (4-7 %% fewer pixels) (default seed)")
+    parser.add_argument("--raster", choices=("seed", "enclosed", "centre"), default="seed",
+                        help="how polygons become HRH pixels: seed = the original evaluation's rule, "
+                             "pixel for pixel (vertices scaled and truncated to integers, every polygon "
+                             "filled as OpenCV's fillPoly fills it, outline included, so a 2-click polygon "
+                             "counts as its line; union per participant); enclosed = seed without polygons "
+                             "of fewer than 3 vertices, which enclose no area; centre = pixels whose centre "
+                             "lies inside the exact polygon (4-7 %% fewer pixels) (default seed)")
     parser.add_argument("--outlier-rule", choices=sorted(OUTLIER_RULES), default="mean-zero",
                         help="which participants count as outliers: mean-zero = mean choice exactly 0 "
                              "(the seed's rule), all-original = always chose frame 0, none (default mean-zero)")

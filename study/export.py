@@ -27,6 +27,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -221,15 +222,35 @@ class _PolyColumns:
     points: dict[int, dict[str, int]] = field(default_factory=dict)  # k -> {"x": col, "y": col}
 
 
+@dataclass
+class _Columns:
+    """Where everything is in the header: column indices by meaning."""
+
+    meta: dict[str, int] = field(default_factory=dict)  # metadata name -> column
+    selection: dict[str, int] = field(default_factory=dict)  # image -> column
+    annotation: dict[str, dict[int, _PolyColumns]] = field(default_factory=dict)  # image -> poly -> columns
+
+
 def _parse_records(records: list[list[str]], display_size: int, analysis_size: int) -> StudyExport:
     header = [h.strip() for h in records[0]]
     ex = StudyExport(display_size=display_size, analysis_size=analysis_size)
-    issue = ex.issues.append
+    cols = _classify_columns(header, ex)
+    _report_missing_columns(cols, ex)
+    ex.selection_images = list(cols.selection)
+    ex.annotation_images = list(cols.annotation)
+    ex.selections = {img: {} for img in cols.selection}
+    ex.polygons = {img: {} for img in cols.annotation}
+    used_ids: set[str] = set()
+    for r, rec in enumerate(records[1:], start=2):
+        if any(cell.strip() for cell in rec):  # a blank line (trailing newline) carries no data: nothing to report
+            _parse_row(r, rec, header, cols, ex, used_ids)
+    return ex
 
-    # --- the header: classify every column once -------------------------------------------
-    meta: dict[str, int] = {}
-    sel_cols: dict[str, int] = {}
-    ann: dict[str, dict[int, _PolyColumns]] = {}
+
+def _classify_columns(header: list[str], ex: StudyExport) -> _Columns:
+    """Classify every header column once; records media names and header issues on ``ex``."""
+    issue = ex.issues.append
+    cols = _Columns()
     seen: dict[str, int] = {}
     for j, name in enumerate(header):
         if name in seen:
@@ -237,11 +258,11 @@ def _parse_records(records: list[list[str]], display_size: int, analysis_size: i
             continue
         seen[name] = j
         if name in META_COLUMNS:
-            meta[name] = j
+            cols.meta[name] = j
             continue
         m = _SELECTION_RE.match(name)
         if m:
-            sel_cols[m["img"]] = j
+            cols.selection[m["img"]] = j
             continue
         m = _ANNOTATION_RE.match(name)
         if m:
@@ -250,18 +271,23 @@ def _parse_records(records: list[list[str]], display_size: int, analysis_size: i
             if ex.media_names.setdefault(img, media) != media:
                 issue(ParseIssue(1, name, media, f"image {img} already annotated under media name "
                                                  f"{ex.media_names[img]}; columns merged"))
-            pc = ann.setdefault(img, {}).setdefault(int(m["poly"]), _PolyColumns())
+            pc = cols.annotation.setdefault(img, {}).setdefault(int(m["poly"]), _PolyColumns())
             if m["tool"]:
                 pc.tool = j
             else:
                 pc.points.setdefault(int(m["k"]), {})[m["axis"]] = j
             continue
         issue(ParseIssue(1, name, name, "unrecognised column; ignored"))
+    return cols
 
+
+def _report_missing_columns(cols: _Columns, ex: StudyExport) -> None:
+    """Metadata columns, polygon ``tool`` columns and vertex coordinates the header lacks."""
+    issue = ex.issues.append
     for col in META_COLUMNS:
-        if col not in meta:
+        if col not in cols.meta:
             issue(ParseIssue(1, col, "", "missing column" + ("; participants named by row number" if col == "id" else "")))
-    for img, polys in ann.items():
+    for img, polys in cols.annotation.items():
         for poly, pc in polys.items():
             prefix = f"{ANNOTATION_PREFIX}{MEDIA_DIR}{ex.media_names[img]}/{poly}"
             if pc.tool is None:
@@ -271,61 +297,64 @@ def _parse_records(records: list[list[str]], display_size: int, analysis_size: i
                     if axis not in axes:
                         issue(ParseIssue(1, f"{prefix}/points/{k}/{axis}", "",
                                          "missing column; vertex skipped wherever the other coordinate is given"))
-    ex.selection_images = list(sel_cols)
-    ex.annotation_images = list(ann)
-    ex.selections = {img: {} for img in sel_cols}
-    ex.polygons = {img: {} for img in ann}
 
-    # --- the rows -------------------------------------------------------------------------
-    ncol = len(header)
-    used_ids: set[str] = set()
-    for r, rec in enumerate(records[1:], start=2):
-        if not any(cell.strip() for cell in rec):
-            continue  # a blank line (trailing newline) carries no data: nothing to report
-        n = len(rec)
-        if n < ncol:
-            issue(ParseIssue(r, header[n], "", f"truncated row: {n} of {ncol} fields; "
-                                               f"entries from column {n + 1} on are missing"))
-        elif n > ncol:
-            issue(ParseIssue(r, "", ",".join(rec[ncol:])[:80], f"row has {n} fields, header {ncol}; extra fields ignored"))
 
-        def cell(j: int | None) -> str | None:
-            """The stripped cell, or None when the column is absent or the row was cut before it."""
-            if j is None or j >= n:
-                return None
-            return rec[j].strip()
+def _row_cell(rec: list[str], j: int | None) -> str | None:
+    """The stripped cell ``j`` of ``rec``, or None when the column is absent or the row was cut before it."""
+    if j is None or j >= len(rec):
+        return None
+    return rec[j].strip()
 
-        pid = cell(meta.get("id")) or ""
-        if not pid:
-            if "id" in meta:
-                issue(ParseIssue(r, "id", "", f"empty participant id; named 'row{r}'"))
-            pid = f"row{r}"
-        if pid in used_ids:
-            new = f"{pid}#row{r}"
-            issue(ParseIssue(r, "id", pid, f"duplicate participant id; this row kept as '{new}'"))
-            pid = new
-        used_ids.add(pid)
-        ex.participants.append(Participant(pid, r, *(cell(meta.get(c)) or "" for c in META_COLUMNS[1:])))
 
-        for img, j in sel_cols.items():
-            v = cell(j)
-            if not v:
-                continue  # no answer (or truncated: already reported for the row)
-            choice = _parse_choice(v)
-            if isinstance(choice, str):
-                issue(ParseIssue(r, header[j], v, choice))
-            else:
-                ex.selections[img][pid] = choice
+def _parse_row(r: int, rec: list[str], header: list[str], cols: _Columns, ex: StudyExport,
+               used_ids: set[str]) -> None:
+    """One participant row (``r`` = 1-based record number) into ``ex``."""
+    issue = ex.issues.append
+    _report_row_length(r, rec, header, issue)
+    cell = partial(_row_cell, rec)
+    pid = _participant_id(r, cell(cols.meta.get("id")) or "", "id" in cols.meta, used_ids, issue)
+    ex.participants.append(Participant(pid, r, *(cell(cols.meta.get(c)) or "" for c in META_COLUMNS[1:])))
+    for img, j in cols.selection.items():
+        v = cell(j)
+        if not v:
+            continue  # no answer (or truncated: already reported for the row)
+        choice = _parse_choice(v)
+        if isinstance(choice, str):
+            issue(ParseIssue(r, header[j], v, choice))
+        else:
+            ex.selections[img][pid] = choice
+    for img, polys in cols.annotation.items():
+        drawn = []
+        for poly in sorted(polys):
+            p = _parse_polygon(r, rec, header, polys[poly], cell, issue)
+            if p is not None:
+                drawn.append(p)
+        if drawn:
+            ex.polygons[img][pid] = drawn
 
-        for img, polys in ann.items():
-            drawn = []
-            for poly in sorted(polys):
-                p = _parse_polygon(r, rec, header, polys[poly], cell, issue)
-                if p is not None:
-                    drawn.append(p)
-            if drawn:
-                ex.polygons[img][pid] = drawn
-    return ex
+
+def _report_row_length(r: int, rec: list[str], header: list[str], issue) -> None:
+    """Note a row shorter (truncated) or longer than the header."""
+    n, ncol = len(rec), len(header)
+    if n < ncol:
+        issue(ParseIssue(r, header[n], "", f"truncated row: {n} of {ncol} fields; "
+                                           f"entries from column {n + 1} on are missing"))
+    elif n > ncol:
+        issue(ParseIssue(r, "", ",".join(rec[ncol:])[:80], f"row has {n} fields, header {ncol}; extra fields ignored"))
+
+
+def _participant_id(r: int, pid: str, has_id_column: bool, used_ids: set[str], issue) -> str:
+    """The row's participant id, made non-empty and unique (and noted where it had to be)."""
+    if not pid:
+        if has_id_column:
+            issue(ParseIssue(r, "id", "", f"empty participant id; named 'row{r}'"))
+        pid = f"row{r}"
+    if pid in used_ids:
+        new = f"{pid}#row{r}"
+        issue(ParseIssue(r, "id", pid, f"duplicate participant id; this row kept as '{new}'"))
+        pid = new
+    used_ids.add(pid)
+    return pid
 
 
 def _parse_choice(v: str) -> int | str:
@@ -394,8 +423,10 @@ def _parse_polygon(r, rec, header, pc: _PolyColumns, cell, issue) -> Polygon | N
         issue(ParseIssue(r, some_col, tool, f"unknown tool (only '{ADD_TOOL}' is defined); polygon skipped"))
         return None
     if len(pts) < 3:
-        # Kept (a faithful round trip needs it) but it encloses no area, so it adds nothing to an HRH.
-        issue(ParseIssue(r, some_col, tool, f"degenerate polygon with {len(pts)} vertices covers no pixels"))
+        # Kept (a faithful round trip needs it, and the seed rule draws it): it encloses no area.
+        issue(ParseIssue(r, some_col, tool, f"degenerate polygon with {len(pts)} vertices encloses no area "
+                                            "(raster 'seed' draws its outline, as the original did; "
+                                            "'enclosed' and 'centre' skip it)"))
     return Polygon(tuple(pts), tool)
 
 
@@ -457,7 +488,22 @@ def write_export(
     sel_imgs = list(selection_images) if selection_images is not None else list(selections)
     ann_imgs = list(annotation_images) if annotation_images is not None else list(polygons)
     media = {img: (media_names or {}).get(img) or media_name_for(img) for img in ann_imgs}
+    people = _people_with_timestamps(participants, selections, polygons)
 
+    ann_header, layout = _annotation_layout(ann_imgs, polygons, media)
+    header = list(META_COLUMNS) + [f"{SELECTION_PREFIX}{img}/selection" for img in sel_imgs] + ann_header
+    rows = [_export_row(d, sel_imgs, selections, layout, polygons) for d in people]
+
+    if hasattr(path, "write"):
+        _write_rows(path, header, rows)
+    else:
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            _write_rows(fh, header, rows)
+    return header
+
+
+def _people_with_timestamps(participants: Iterable | None, selections: Mapping, polygons: Mapping) -> list[dict]:
+    """Participant dicts with every metadata key (see :func:`write_export`'s ``participants``)."""
     if participants is None:
         ids = []
         for table in list(selections.values()) + list(polygons.values()):
@@ -470,50 +516,50 @@ def write_export(
         for key in META_COLUMNS[1:]:
             d[key] = (d[key] or "") if key in d else stamp
         people.append(d)
+    return people
 
-    def points_of(poly) -> tuple[str, list]:
-        if isinstance(poly, Polygon):
-            return poly.tool, list(poly.points)
-        return ADD_TOOL, list(poly)
 
-    header = list(META_COLUMNS) + [f"{SELECTION_PREFIX}{img}/selection" for img in sel_imgs]
-    layout = []  # (img, poly index, number of points)
+def _tool_and_points(poly) -> tuple[str, list]:
+    """A :class:`Polygon` or a plain vertex sequence (tool 'Add') as ``(tool, points)``."""
+    if isinstance(poly, Polygon):
+        return poly.tool, list(poly.points)
+    return ADD_TOOL, list(poly)
+
+
+def _annotation_layout(ann_imgs: Sequence[str], polygons: Mapping, media: Mapping[str, str]):
+    """The annotation columns and their layout ``[(img, polygon index, number of points)]``."""
+    header, layout = [], []
     for img in ann_imgs:
         per = polygons.get(img, {})
         n_poly = max((len(v) for v in per.values()), default=0)
         for q in range(n_poly):
-            n_pts = max((len(points_of(v[q])[1]) for v in per.values() if q < len(v)), default=0)
+            n_pts = max((len(_tool_and_points(v[q])[1]) for v in per.values() if q < len(v)), default=0)
             layout.append((img, q, n_pts))
             base = f"{ANNOTATION_PREFIX}{MEDIA_DIR}{media[img]}/{q}"
             header.append(f"{base}/tool")
             for k in range(n_pts):
                 header += [f"{base}/points/{k}/x", f"{base}/points/{k}/y"]
+    return header, layout
 
-    rows = []
-    for d in people:
-        pid = d["id"]
-        row = [d.get(c, "") for c in META_COLUMNS]
-        for img in sel_imgs:
-            v = selections.get(img, {}).get(pid)
-            row.append("" if v is None else str(int(v)))
-        for img, q, n_pts in layout:
-            mine = polygons.get(img, {}).get(pid, [])
-            if q < len(mine):
-                tool, pts = points_of(mine[q])
-                row.append(tool)
-                for x, y in pts:
-                    row += [_fmt(x), _fmt(y)]
-                row += [""] * (2 * (n_pts - len(pts)))
-            else:
-                row += [""] * (1 + 2 * n_pts)
-        rows.append(row)
 
-    if hasattr(path, "write"):
-        _write_rows(path, header, rows)
-    else:
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            _write_rows(fh, header, rows)
-    return header
+def _export_row(d: dict, sel_imgs: Sequence[str], selections: Mapping, layout, polygons: Mapping) -> list[str]:
+    """One participant's row: metadata, selections, then every polygon slot of ``layout``."""
+    pid = d["id"]
+    row = [d.get(c, "") for c in META_COLUMNS]
+    for img in sel_imgs:
+        v = selections.get(img, {}).get(pid)
+        row.append("" if v is None else str(int(v)))
+    for img, q, n_pts in layout:
+        mine = polygons.get(img, {}).get(pid, [])
+        if q < len(mine):
+            tool, pts = _tool_and_points(mine[q])
+            row.append(tool)
+            for x, y in pts:
+                row += [_fmt(x), _fmt(y)]
+            row += [""] * (2 * (n_pts - len(pts)))
+        else:
+            row += [""] * (1 + 2 * n_pts)
+    return row
 
 
 def _write_rows(fh, header, rows) -> None:

@@ -22,6 +22,7 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 #: Fraction of pixels in a "top region" (IoU/Dice of the top 10 %).
 TOP_FRACTION = 0.1
@@ -322,8 +323,6 @@ def resize_map(heatmap, size: int | tuple[int, int]) -> np.ndarray:
     if fy == fx and fy < 1 and float(1 / fy).is_integer() and h.shape[0] % H == 0 and h.shape[1] % W == 0:
         f = int(round(1 / fy))
         return h.reshape(H, f, W, f).mean(axis=(1, 3))
-    from PIL import Image
-
     im = Image.fromarray(h.astype(np.float32), mode="F").resize((W, H), Image.BILINEAR)
     return np.asarray(im, dtype=np.float64)
 

@@ -177,6 +177,7 @@ def plot_selection_histogram(counts: Mapping[int, int], path, switch_frame: int 
     each bar; with ``thumbnails`` (one image per frame 0..) each frame is drawn above its bar,
     and the classifier's ``switch_frame`` is outlined in cyan.
     """
+    # heavy: matplotlib loads only when figures are drawn (keeps `import study` fast)
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle

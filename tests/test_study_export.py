@@ -75,6 +75,45 @@ def test_display_and_analysis_size_options(tmp_path):
         assert np.array_equal(compute_hrh(ex, img, raster="centre"), reference_hrh(polys[img], 300, 64))
 
 
+def _random_polygons(rng, n_participants=12):
+    """{participant: [Polygon]} with 1- and 2-vertex polygons, self-intersections, vertices on the
+    display border (the study app accepts 0..512) and, for hand-built data, beyond it."""
+    out = {}
+    for i in range(n_participants):
+        polys = []
+        for _ in range(int(rng.integers(1, 4))):
+            n = int(rng.choice([1, 2, 3, 4, 7, 15]))
+            lo, hi = (-80, 600) if i % 3 == 0 else (0, 512)
+            pts = rng.uniform(lo, hi, size=(n, 2))
+            if i % 4 == 1:
+                pts = np.clip(np.round(pts / 64) * 64, 0, 512)  # on the border and on shared pixel edges
+            polys.append(Polygon(tuple((float(x), float(y)) for x, y in pts)))
+        out[f"p{i}"] = polys
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_seed_raster_equals_opencv_fillpoly(tmp_path, seed):
+    """Through a written and re-read export: the default HRH rule is OpenCV's fillPoly of every
+    polygon (1 and 2 vertices included) on truncated, halved vertices, union per participant;
+    "enclosed" is the same without the polygons of fewer than 3 vertices."""
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (test extra) is not installed")
+    polys = _random_polygons(np.random.default_rng(seed))
+    path = tmp_path / "e.csv"
+    write_export(path, {}, {"7": polys}, list(polys))
+    ex = read_export(path)
+    want = {"seed": np.zeros((256, 256), np.int32), "enclosed": np.zeros((256, 256), np.int32)}
+    for plist in ex.polygons["7"].values():
+        for rule, keep in (("seed", 1), ("enclosed", 3)):
+            mask = np.zeros((256, 256), np.uint8)
+            for p in plist:
+                if len(p.points) >= keep:
+                    cv2.fillPoly(mask, [np.array([(int(x / 2), int(y / 2)) for x, y in p.points], np.int32)], 1)
+            want[rule] += mask
+    assert np.array_equal(compute_hrh(ex, "7"), want["seed"])
+    assert np.array_equal(compute_hrh(ex, "7", raster="enclosed"), want["enclosed"])
+
+
 def _corrupt(path):
     """A non-numeric coordinate, an x without y, a truncated row, a missing column."""
     rows = list(csv.reader(open(path, newline="")))

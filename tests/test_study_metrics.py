@@ -135,7 +135,10 @@ def test_rasterize_square_and_scaling():
     m2 = rasterize_polygon([(4, 4), (12, 4), (12, 12), (4, 12)], display_size=16, analysis_size=8,
                            raster="centre")
     assert (m2 == ref).all()
-    assert not rasterize_polygon([(0, 0), (5, 5)], 8, 8).any()  # two vertices: no area
+    two = [(0, 0), (5, 5)]  # two vertices: a line in the original's rule, no area in "enclosed"
+    assert not rasterize_polygon(two, 8, 8, raster="enclosed").any()
+    line = rasterize_polygon(two, 8, 8)
+    assert line.sum() == 6 and all(line[i, i] for i in range(6))
 
 
 def test_leave_one_out_hand():

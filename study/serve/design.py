@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
+
 from dvce import runfolder
 
 from ..export import DISPLAY_SIZE, media_name_for
@@ -194,8 +196,6 @@ def load_config(path=None) -> dict:
     cfg["tasks"] = list(DEFAULTS["tasks"])
     if path is None:
         return validate_config(cfg, "defaults")
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise StudyConfigError(f"study config not found: {p}")
@@ -295,24 +295,12 @@ def pick_frames(n_frames: int, k: int | None, switch_frame: int | None = None) -
 
 
 # ------------------------------------------------------------------------------------ build
-def build_study(run_dirs: Sequence, config: dict | None = None) -> Study:
-    """The study over the finished items of ``run_dirs``.
+def _finished_items(run_dirs: Sequence) -> tuple[dict[str, runfolder.RunItem], dict[str, Path]]:
+    """``{image id: finished item}`` over ``run_dirs`` and ``{image id: its run folder}``.
 
-    Parameters
-    ----------
-    run_dirs : sequence of path
-        ``ldvce generate`` output folders.
-    config : dict, optional
-        From :func:`load_config`; the defaults when None.
-
-    Raises
-    ------
-    StudyConfigError
-        A run folder without finished items, an image id found in two runs, an id the export
-        format cannot carry, an image named in the config that no run has, or an image without
-        frames.
+    Raises :class:`StudyConfigError` for no run folder, a missing one, one without finished
+    items, or an image id found in two runs.
     """
-    cfg = config if config is not None else load_config(None)
     found: dict[str, runfolder.RunItem] = {}
     where: dict[str, Path] = {}
     if not run_dirs:
@@ -331,7 +319,28 @@ def build_study(run_dirs: Sequence, config: dict | None = None) -> Study:
                     f"images by id, so each id may come from one run only")
             found[it.image_id] = it
             where[it.image_id] = rd
+    return found, where
 
+
+def build_study(run_dirs: Sequence, config: dict | None = None) -> Study:
+    """The study over the finished items of ``run_dirs``.
+
+    Parameters
+    ----------
+    run_dirs : sequence of path
+        ``ldvce generate`` output folders.
+    config : dict, optional
+        From :func:`load_config`; the defaults when None.
+
+    Raises
+    ------
+    StudyConfigError
+        A run folder without finished items, an image id found in two runs, an id the export
+        format cannot carry, an image named in the config that no run has, or an image without
+        frames.
+    """
+    cfg = config if config is not None else load_config(None)
+    found, where = _finished_items(run_dirs)
     wanted = cfg["images"] if cfg["images"] is not None else list(found)
     missing = [i for i in wanted if i not in found]
     if missing:

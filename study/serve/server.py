@@ -7,6 +7,9 @@ import secrets
 import sys
 from pathlib import Path
 
+from .design import StudyConfigError, build_study, load_config
+from .store import Store, StudyMismatch
+
 DESCRIPTION = """\
 Serve the user study in a browser, made from `ldvce generate` run folders.
 
@@ -64,9 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the study and serve it until interrupted; returns an exit code."""
-    from .design import StudyConfigError, build_study, load_config
-    from .store import StudyMismatch
-
     token = args.admin_token or os.environ.get(TOKEN_ENV) or ""
     generated = not token
     if generated:
@@ -113,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
 def make_server(study, db, admin_token: str, host: str = "127.0.0.1", port: int = 0, root_path: str = "",
                 threads: int = 8):
     """A waitress server for ``study`` (not yet running) and a warning about the database, if any."""
+    # Flask and waitress load only to serve, not for `ldvce study serve --help`.
     from waitress import create_server
 
     from .app import body_limit, create_app
-    from .store import Store
 
     store = Store(db)
     warning = store.check_study(study.fingerprint(), study.display_size)

@@ -17,6 +17,11 @@ from functools import partial
 from pathlib import Path
 
 from classifier.registry import register_classifier
+from fileio import atomic_write_bytes
+
+# ``import toyfaces`` imports this module (to register the classifiers), so the toyfaces package
+# is imported inside the functions, and torch, Lightning and the renderer only where they run:
+# registering must stay free of torch (``ldvce --help``).
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "classifier"
@@ -79,14 +84,13 @@ def shipped_or_trained(name: str, config: str, data, retrain: bool = False, quie
     the project's training code on ``configs/classifier/<config>`` and ``data()`` (a callable
     returning the dataset folder, called only when training), ``extra_args`` added to the
     training command line. The cache never holds half a checkpoint."""
-    from fileio import atomic_write_bytes
     shipped = shipped_classifier(name)
     if not retrain and shipped.exists():
         return shipped
     ckpt = cache_dir() / "models" / f"{name}.ckpt"
     if not retrain and ckpt.exists():
         return ckpt
-    from classifier.train import main as train_main
+    from classifier.train import main as train_main  # heavy: Lightning, only when training
     root = cache_dir() / "runs" / name
     args = ["--config", str(CONFIGS / config), "--data.data_path", str(data()), *extra_args,
             "--trainer.default_root_dir", str(root), "--run_name", name]

@@ -560,6 +560,77 @@ def crp(mode: Literal["local", "global"], *, classifier: str, attribute: str = "
                    attr_file=attr_file, layers=layers, top=top, n=n, device=device)
 
 
+@CLI.command("shortcut")
+def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, out: str,
+             target: str = "Smiling", control: str | None = "Eyeglasses",
+             oracle: str | None = None, ldm: str = "toy", method: str | None = None,
+             options: str | None = None, batch_size: int = 16, split: str = "all",
+             bootstrap: int = 1000, seed: int = 0, device: str = "auto") -> dict:
+    """Shortcut test: add/remove a suspected cue with counterfactuals and measure the decision shift.
+
+    Faces the editor calls without --cue get it added, faces with it get it removed; each edit
+    is a counterfactual of the editor's --cue output. The explained classifier's --target
+    decision is read before and after: the share of faces whose decision flips and the mean
+    change in probability, with bootstrap 95 % intervals, per direction, beside the same edits
+    of --control. With --oracle, edits it does not confirm are counted apart. Writes
+    OUT/shortcut.json, OUT/shortcut.png, OUT/report.html and one run folder per edit under
+    OUT/edits/. Example (toy world): ldvce shortcut --classifier BIASED.safetensors --cue
+    Wearing_Hat --editor toy_resnet --oracle toy_oracle --data .cache/ldvce/data/toy-test --out
+    runs/shortcut
+
+    Parameters
+    ----------
+    classifier : str
+        The explained classifier: checkpoint or registered name.
+    cue : str
+        The suspected shortcut attribute (name or index), e.g. Wearing_Hat.
+    editor : str
+        Another classifier of --cue whose gradient makes the edits (toy world: toy_resnet).
+    data : str
+        Dataset folder (one *.lmdb + CelebAMask-HQ-attribute-anno.txt), e.g. a toyfaces folder.
+    n : int
+        Faces per direction and attribute.
+    out : str
+        Output folder (the edits resume when run again).
+    target : str
+        The explained decision.
+    control : str
+        An attribute that should not matter, edited the same way ('' for none).
+    oracle : str
+        A third classifier that confirms each edit (checkpoint or registered name).
+    ldm : str
+        Hub id, diffusers folder or 'toy'.
+    method : str
+        Sampler of the edits (default: the default method, with its defaults).
+    options : str
+        The sampler's options as a JSON object, e.g. '{"t_start": 800}'.
+    batch_size : int
+        Images per sampler call.
+    split : str
+        Dataset split the faces come from (all for an unseen toy folder, test on CelebA-HQ).
+    bootstrap : int
+        Bootstrap resamples of the faces for the 95 % intervals.
+    seed : int
+        Seed of the bootstrap.
+    device : str
+        auto, cpu, cuda or cuda:N.
+    """
+    import json
+    from experiments.shortcut.run import run_shortcut
+    try:
+        opts = json.loads(options) if options else {}
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"ldvce shortcut: --options is not JSON: {e}")
+    try:
+        return run_shortcut(classifier=classifier, cue=cue, editor=editor, data=data, n=n,
+                            out=out, target=target, control=control or None, oracle=oracle,
+                            ldm=ldm, method=method, options=opts, batch_size=batch_size,
+                            split=split, n_bootstrap=bootstrap, seed=seed,
+                            device=_device(device))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise SystemExit(f"ldvce shortcut: {e}")
+
+
 # -------------------------------------------------------------------------------------- study
 CLI.group("study", "user study: serve it in a browser, evaluate its export")
 

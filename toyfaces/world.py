@@ -121,7 +121,14 @@ def held_out_faces(n: int = 32, attribute: str = "Smiling"):
     return x.contiguous(), masks[attribute], rows
 
 
+#: Shipped classifiers registered under a short name but trained elsewhere: the Clever-Hans
+#: experiment's biased toy ResNet (``experiments.clever_hans.data.biased_classifier``).
+SHIPPED_ALIASES = {"toy_biased_hat": "toy_resnet_wearing_hat_1"}
+
+
 def register_toy_classifiers() -> None:
     """``--classifier NAME`` for every toy classifier (called by ``import toyfaces``)."""
     for name in TOY_CLASSIFIERS:
         register_classifier(name, partial(toy_classifier, name))
+    for name, file in SHIPPED_ALIASES.items():
+        register_classifier(name, partial(shipped_classifier, file))

@@ -1,0 +1,89 @@
+"""``ldvce shortcut``: edit a suspected cue (and a control attribute) on real or toy faces and
+measure the explained classifier's decision shift; writes ``shortcut.json``, ``shortcut.png``
+and ``report.html``."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from classifier.attributes import attribute_name
+from classifier.models import load_classifier
+from classifier.registry import resolve_classifier
+from dvce.ldm import load_ldm
+from dvce.samplers import DEFAULT_METHOD
+from experiments.shortcut.edit import DIRECTIONS, edit_faces, pick_faces, score_edits
+from experiments.shortcut.figures import shortcut_figure
+from experiments.shortcut.report import format_table, write_report
+from experiments.shortcut.stats import decision_shift
+from fileio import write_json
+
+
+def _load(name_or_path, device):
+    return load_classifier(resolve_classifier(name_or_path),
+                           map_location=device).requires_grad_(False).eval()
+
+
+def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str = "Smiling",
+                 control: str | None = "Eyeglasses", oracle=None, ldm="toy",
+                 method: str | None = None, options: dict | None = None, batch_size: int = 16,
+                 split: str = "all", n_bootstrap: int = 1000, seed: int = 0, device="cpu",
+                 figure: bool = True, progress: bool = True) -> dict:
+    """The shortcut test into ``out``; returns what ``out/shortcut.json`` holds.
+
+    Parameters
+    ----------
+    classifier : the explained classifier (registered name or checkpoint).
+    cue : the suspected shortcut attribute, e.g. ``Wearing_Hat``.
+    editor : the classifier whose ``cue`` output guides the edits (not the explained one).
+    data : a dataset folder (one ``*.lmdb`` + ``CelebAMask-HQ-attribute-anno.txt``).
+    n : faces per direction (added / removed) and attribute.
+    target : the explained decision, e.g. ``Smiling``.
+    control : an attribute that should not matter, edited the same way (None: no control).
+    oracle : a third classifier that confirms the edits (optional).
+    ldm, method, options, batch_size : the LDM and the sampler (default: the default method).
+    split : dataset split the faces come from (``all`` for an unseen toy folder, ``test`` on
+        CelebA-HQ).
+    n_bootstrap, seed : the intervals' resamples.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shortcut.json").unlink(missing_ok=True)  # present again only when finished
+    method = method or DEFAULT_METHOD
+    cue, target = attribute_name(cue), attribute_name(target)
+    control = attribute_name(control) if control else None
+    if str(classifier) == str(editor):
+        raise ValueError("the editor must be another classifier than the one explained (its "
+                         "own gradient would edit whatever it reads, not the cue)")
+    explained, edit_with = _load(classifier, device), _load(editor, device)
+    check = _load(oracle, device) if oracle else None
+    model = load_ldm(ldm, device=device)
+    result = {"classifier": str(classifier), "editor": str(editor), "oracle": oracle and str(oracle),
+              "cue": cue, "control": control, "target": target, "data": str(data), "n": n,
+              "method": method, "options": dict(options or {}), "split": split,
+              "attributes": {}}
+    for attr in [cue] + ([control] if control and control != cue else []):
+        faces = pick_faces(edit_with, data, attr, n, split=split, device=device)
+        result["attributes"][attr] = {}
+        for direction in DIRECTIONS:
+            run = Path("edits") / f"{attr}-{direction}"
+            edit_faces(out / run, edit_with, model, data, faces[direction], attr, direction,
+                       method, options, batch_size, progress)
+            scored = score_edits(out / run, faces[direction], explained, target, direction,
+                                 attr, check)
+            used = [i for i, u in enumerate(scored["used"]) if u]
+            shift = decision_shift([scored["p_before"][i] for i in used],
+                                   [scored["p_after"][i] for i in used], n_bootstrap, seed)
+            result["attributes"][attr][direction] = {
+                "run": str(run), "n_edited": len(scored["rows"]), "shift": shift,
+                "n_editor_flipped": int(sum(scored["editor_flipped"])),
+                "n_not_confirmed": len(scored["rows"]) - len(used), "faces": scored}
+    if figure:
+        result["figure"] = shortcut_figure(out, result, out / "shortcut.png").name
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    write_report(out, result)
+    write_json(out / "shortcut.json", result)
+    print(format_table(result))
+    for name in ("shortcut.json", "shortcut.png", "report.html"):
+        print(f"  {out / name}")
+    return result

@@ -1,0 +1,55 @@
+"""The shortcut test (experiments/shortcut, ``ldvce shortcut``): the shift statistic and the
+face selection on hand-built cases, the command line, and (integration) the toy world's answer."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.shortcut import edit as E
+from experiments.shortcut.stats import decision_shift
+
+
+def test_decision_shift_on_hand_built_probabilities():
+    before = [0.2, 0.3, 0.8, 0.6]
+    after = [0.9, 0.4, 0.1, 0.7]   # flips: to positive, none, to negative, none
+    s = decision_shift(before, after, n_bootstrap=500, seed=1)
+    assert s["n"] == 4 and s["to_positive"] == 1 and s["to_negative"] == 1
+    assert s["flip_rate"]["mean"] == pytest.approx(0.5)
+    assert s["mean_delta_p"]["mean"] == pytest.approx((0.7 + 0.1 - 0.7 + 0.1) / 4)
+    lo, hi = s["flip_rate"]["ci"]
+    assert 0.0 <= lo < 0.5 < hi <= 1.0
+    # the same numbers again (seeded), no interval without resamples
+    assert decision_shift(before, after, n_bootstrap=500, seed=1) == s
+    assert decision_shift(before, after, n_bootstrap=0)["flip_rate"]["ci"] is None
+
+
+def test_decision_shift_counts_a_flip_either_way_and_none_at_the_boundary():
+    s = decision_shift([0.5, 0.51, 0.49], [0.5, 0.49, 0.51], n_bootstrap=0)
+    assert s["flip_rate"]["mean"] == pytest.approx(2 / 3)   # 0.5 → 0.5 is no flip
+    assert (s["to_positive"], s["to_negative"]) == (1, 1)
+    empty = decision_shift([], [], n_bootstrap=100)
+    assert empty["n"] == 0 and np.isnan(empty["flip_rate"]["mean"])
+    with pytest.raises(ValueError, match="equal-length"):
+        decision_shift([0.1, 0.2], [0.3])
+
+
+def test_pick_faces_splits_by_the_editors_decision(monkeypatch):
+    logits = torch.full((6, 40), -1.0)
+    logits[[1, 4], 35] = 2.0                         # the editor sees a hat on rows 11 and 14
+    monkeypatch.setattr(E, "dataset_for", lambda data, split: None)
+    monkeypatch.setattr(E, "predict", lambda clf, ds, device, progress: (
+        logits, None, torch.arange(10, 16)))
+    assert E.pick_faces(None, "data", "Wearing_Hat", 2) == {"add": [10, 12], "remove": [11, 14]}
+    assert E.pick_faces(None, "data", "Wearing_Hat", 9)["add"] == [10, 12, 13, 15]
+
+
+def test_the_editor_must_not_be_the_explained_classifier(tmp_path):
+    from ldvce.cli import main
+    with pytest.raises(SystemExit, match="editor must be another classifier"):
+        main(["shortcut", "--classifier", "toy_resnet", "--editor", "toy_resnet", "--cue",
+              "Wearing_Hat", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="--options is not JSON"):
+        main(["shortcut", "--classifier", "toy_biased_hat", "--editor", "toy_resnet", "--cue",
+              "Wearing_Hat", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--options", "{t_start: 800"])

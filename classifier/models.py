@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import torchvision
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torchmetrics.classification import MultilabelAUROC, MultilabelStatScores
+from torchvision.models import resnet as tv
 
 from classifier.attributes import ATTRIBUTES, NUM_ATTRIBUTES
 
@@ -221,8 +225,6 @@ _RESNET_BLOCKS = {"resnet10": ("BasicBlock", [1, 1, 1, 1]), "resnet18": ("BasicB
 def _torchvision_resnet(arch: str, width: int = 64) -> nn.Module:
     """torchvision's ResNet of ``arch`` (resnet10: one BasicBlock per stage, a class torchvision
     has without the name) with ``width`` channels in the stem and ``layer1``."""
-    import torchvision
-    from torchvision.models import resnet as tv
     block, layers = _RESNET_BLOCKS[arch]
     block = getattr(tv, block)
     net = tv.ResNet(block, layers) if arch == "resnet10" else getattr(torchvision.models, arch)(weights=None)
@@ -295,7 +297,6 @@ def receptive_field(net: nn.Module, image_size: int) -> int:
 
 
 def _load_imagenet_if_cached(net: nn.Module, arch: str) -> None:
-    import torchvision
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cache.exists():
@@ -329,8 +330,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"classifier checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         return {"state_dict": {"net." + k if not k.startswith("net.") else k: v
@@ -396,7 +395,6 @@ def load_classifier(path: str | os.PathLike, expect: str | None = None, map_loca
 
 def export_safetensors(model: AttributeClassifier, path: str | os.PathLike) -> Path:
     """Save the network weights with the hyper-parameters as metadata (no pickle, no Lightning)."""
-    from safetensors.torch import save_file
     path = Path(path)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
           if k.startswith("net.")}

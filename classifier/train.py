@@ -14,9 +14,10 @@ from pathlib import Path
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from classifier.datamodule import CelebHQDataModule
-from classifier.models import AttributeClassifier
+from classifier.models import AttributeClassifier, export_safetensors, load_classifier
 
 
 def _make_logger(kind: str, save_dir: str, name: str):
@@ -25,10 +26,8 @@ def _make_logger(kind: str, save_dir: str, name: str):
     if kind == "wandb":
         if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
             os.environ["WANDB_MODE"] = "offline"  # no account: log locally, `wandb sync` later
-        from pytorch_lightning.loggers import WandbLogger
         return WandbLogger(project="ldvce", name=name, save_dir=save_dir)
     if kind == "csv":
-        from pytorch_lightning.loggers import CSVLogger
         return CSVLogger(save_dir=save_dir, name=name)
     raise SystemExit(f"--logger must be csv, wandb or none, got {kind!r}")
 
@@ -78,7 +77,6 @@ def main(argv: list[str] | None = None):
     if cfg.get("test_after_fit", True) and best:  # every rank: test is collective under DDP
         trainer.test(cli.model, cli.datamodule, ckpt_path=best, verbose=False)
     if export and best and trainer.is_global_zero:
-        from classifier.models import export_safetensors, load_classifier
         export_safetensors(load_classifier(best), export)
     if trainer.is_global_zero and best:
         print(f"best checkpoint: {best}")

@@ -39,6 +39,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tqdm import tqdm
+
 from dvce import runfolder as rf
 
 if TYPE_CHECKING:  # torch-free at import, so `ldvce --help` can read the choices below
@@ -66,7 +68,7 @@ class Plan:
 def plan_run(items: list[runner.Item], out, batch_size: int) -> Plan:
     """Rank 0's plan: clean half-written folders, fold in the per-rank records a killed run left,
     and cut the remaining items into batches in input order."""
-    from dvce import runner
+    from dvce import runner  # heavy: torch, as in run_distributed
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1 (got {batch_size})")
     out = Path(out)
@@ -124,32 +126,12 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     Per-sample results equal those of :func:`dvce.runner.run` with the same ``batch_size`` on
     the same run folder: whole batches are sharded (see the module docstring).
     """
-    import torch
-    from lightning_fabric import Fabric
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
-    from tqdm import tqdm
+    # heavy: torch; this module stays torch-free at import (`ldvce --help` reads it)
     from dvce import runner
     from dvce.samplers import get_sampler
     out = Path(out)
-    # refuse bad input on every process before any starts: past the launch, one process
-    # stopping alone leaves the others waiting for it
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1 (got {batch_size})")
-    if len({it.image_id for it in items}) != len(items):
-        raise ValueError("image ids must be unique (two files share a name stem?)")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy {strategy!r} is not supported here; choose from "
-                         f"{', '.join(STRATEGIES)} (spawned processes cannot receive the image "
-                         f"loaders)")
-    try:
-        fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                        strategy=strategy)
-        # with the ddp launcher this starts the node's other processes by running the same
-        # command again (in a notebook Lightning picks a fork launcher, refused here)
-        fabric.launch()
-    except (ValueError, RuntimeError, TypeError, MisconfigurationException) as e:
-        raise ValueError(f"cannot set up {devices} process(es) x {num_nodes} node(s) "
-                         f"(accelerator {accelerator!r}, strategy {strategy!r}): {e}") from e
+    _check_inputs(items, batch_size, strategy)
+    fabric = _launch(accelerator, devices, num_nodes, strategy)
     rank, world = fabric.global_rank, fabric.world_size
     wait_group = _long_wait_group()
     problem.ldm.to(fabric.device)
@@ -157,21 +139,9 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     sampler = get_sampler(method)
     options = dict(options or {})
     settings = {"method": method, "options": options, **(settings or {})}
-
-    plan = None
-    if rank == 0:
-        plan = plan_run(items, out, batch_size)
-        n_todo = sum(map(len, plan.batches))
-        print(f"ldvce generate: {len(plan.order)} images, {plan.n_finished} finished earlier, "
-              f"{plan.n_recorded} recorded as failed/unreadable; {n_todo} to do in "
-              f"{len(plan.batches)} batches on {world} process(es)", flush=True)
-    plan = fabric.broadcast(plan, src=0)
+    plan = _shared_plan(fabric, items, out, batch_size)
     by_id = {it.image_id: it for it in items}
-    mine = shard(plan.batches, rank, world)
-    missing = [i for b in mine for i in b if i not in by_id]
-    if missing:
-        raise RuntimeError(f"rank {rank}: images {missing[:3]} of rank 0's plan are not among "
-                           f"this process's inputs; every process must see the same inputs")
+    mine = _own_batches(plan, by_id, rank, world)
 
     t0 = time.perf_counter()
     own: dict[str, dict] = {}
@@ -189,10 +159,69 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     bar.close()
 
     _wait_for_all(wait_group)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    _end_process_group()
     if rank != 0:
         return None
+    return _final_summary(out, plan, method, settings, world, t0)
+
+
+def _check_inputs(items: list[runner.Item], batch_size: int, strategy: str) -> None:
+    """Refuse bad input on every process before any starts: past the launch, one process
+    stopping alone leaves the others waiting for it."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1 (got {batch_size})")
+    if len({it.image_id for it in items}) != len(items):
+        raise ValueError("image ids must be unique (two files share a name stem?)")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r} is not supported here; choose from "
+                         f"{', '.join(STRATEGIES)} (spawned processes cannot receive the image "
+                         f"loaders)")
+
+
+def _launch(accelerator: str, devices: int, num_nodes: int, strategy: str):
+    """A launched Fabric; a set-up Lightning refuses becomes a ValueError that names it."""
+    # heavy: Lightning and torch, only when a run starts
+    from lightning_fabric import Fabric
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+    try:
+        fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                        strategy=strategy)
+        # with the ddp launcher this starts the node's other processes by running the same
+        # command again (in a notebook Lightning picks a fork launcher, refused here)
+        fabric.launch()
+    except (ValueError, RuntimeError, TypeError, MisconfigurationException) as e:
+        raise ValueError(f"cannot set up {devices} process(es) x {num_nodes} node(s) "
+                         f"(accelerator {accelerator!r}, strategy {strategy!r}): {e}") from e
+    return fabric
+
+
+def _shared_plan(fabric, items: list[runner.Item], out: Path, batch_size: int) -> Plan:
+    """Rank 0's :func:`plan_run` (announced on stdout), broadcast to every rank."""
+    plan = None
+    if fabric.global_rank == 0:
+        plan = plan_run(items, out, batch_size)
+        n_todo = sum(map(len, plan.batches))
+        print(f"ldvce generate: {len(plan.order)} images, {plan.n_finished} finished earlier, "
+              f"{plan.n_recorded} recorded as failed/unreadable; {n_todo} to do in "
+              f"{len(plan.batches)} batches on {fabric.world_size} process(es)", flush=True)
+    return fabric.broadcast(plan, src=0)
+
+
+def _own_batches(plan: Plan, by_id: dict, rank: int, world: int) -> list[list[str]]:
+    """This rank's shard of the plan; every id in it must be among this process's inputs."""
+    mine = shard(plan.batches, rank, world)
+    missing = [i for b in mine for i in b if i not in by_id]
+    if missing:
+        raise RuntimeError(f"rank {rank}: images {missing[:3]} of rank 0's plan are not among "
+                           f"this process's inputs; every process must see the same inputs")
+    return mine
+
+
+def _final_summary(out: Path, plan: Plan, method: str, settings: dict, world: int,
+                   t0: float) -> dict:
+    """Rank 0, once every rank is done: the final manifest and summary (returned, its wall
+    time counted from ``t0``); the per-rank record files go."""
+    from dvce import runner  # heavy: torch, as in run_distributed
     runner.rewrite_manifest(out, plan.order, {**plan.records, **rank_records(out)})
     summary = runner.summarize(out, method, settings)
     summary.update(processes=world, wall_seconds=time.perf_counter() - t0)
@@ -201,9 +230,15 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     return summary
 
 
+def _end_process_group() -> None:
+    import torch  # heavy: this module stays torch-free at import
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _long_wait_group():
     """A gloo group whose barrier waits :data:`FINAL_WAIT` (None for a single process)."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # heavy: this module stays torch-free at import
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return None
     return dist.new_group(backend="gloo", timeout=FINAL_WAIT)
@@ -211,6 +246,6 @@ def _long_wait_group():
 
 def _wait_for_all(group) -> None:
     if group is not None:
-        import torch.distributed as dist
+        import torch.distributed as dist  # heavy, as in _long_wait_group
         # a monitored barrier names the rank that never arrived if one died
         dist.monitored_barrier(group=group, timeout=FINAL_WAIT, wait_all_ranks=True)

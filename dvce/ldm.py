@@ -184,12 +184,13 @@ def load_ldm(source: str | os.PathLike = COMPVIS_ID, device="cpu", dtype=None) -
         When the weights are not available, with the command that gets them.
     """
     desc, folder = resolve_source(source)  # fails fast, before the heavy imports
+    # heavy: torch and diffusers; this module is imported by `ldvce --help` and `import toyfaces`
     import torch
     from diffusers import DDIMScheduler, UNet2DModel, VQModel
     dtype = torch.float32 if dtype is None else dtype
     if folder is None:  # hub id: only what is in the local cache when offline
         try:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import snapshot_download  # heavy as above; hub ids only
             folder = Path(snapshot_download(desc, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
         except Exception as e:  # noqa: BLE001 - every failure here means "weights not available"
             raise LDMNotAvailableError(_missing_message(desc, e)) from e
@@ -209,6 +210,7 @@ def load_ldm(source: str | os.PathLike = COMPVIS_ID, device="cpu", dtype=None) -
 def build_random_ldm(vq_config: dict, unet_config: dict, latent_scale: float = 1.0,
                      seed: int = 0) -> LDM:
     """An LDM with random weights of a given architecture (tests, GPU timing benchmarks)."""
+    # heavy: as in load_ldm
     import torch
     from diffusers import DDIMScheduler, UNet2DModel, VQModel
     torch.manual_seed(seed)

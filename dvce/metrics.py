@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from classifier.attributes import attribute_index
+from classifier.attributes import ATTRIBUTES, attribute_index
 from classifier.images import load_image
 from dvce import runfolder
 from dvce.runfolder import RunItem
+from fileio import write_json
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
@@ -27,6 +29,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
     torchmetrics' implementation with a uniform ``window``×``window`` window (scikit-image's
     default; torchmetrics' own default is an 11-px Gaussian), K1 = 0.01, K2 = 0.03, data range 1.
     """
+    # heavy: torchmetrics (~3 s), only SSIM needs it
     from torchmetrics.functional.image import structural_similarity_index_measure
     return structural_similarity_index_measure(b.float(), a.float(), gaussian_kernel=False,
                                                kernel_size=window, data_range=1.0,
@@ -168,19 +171,16 @@ def oracle_changes(before: torch.Tensor, after: torch.Tensor, target_index: int,
                    valid: torch.Tensor | None = None) -> list[list[str]]:
     """Per image, the names of the oracle attributes whose decision (logit > 0) changed, the
     query attribute excluded: the attributes :func:`mnac` counts."""
-    from classifier.attributes import ATTRIBUTES
     return [[ATTRIBUTES[k] for k in row.nonzero().flatten().tolist()]
             for row in _changed(before, after, target_index, valid)]
 
 
 def _size(it: RunItem) -> int | None:
-    from PIL import Image
     with Image.open(it.original) as im:
         return im.size[0]
 
 
 def write_metrics(run_dir, metrics: dict) -> Path:
-    from fileio import write_json
     path = Path(run_dir) / "metrics.json"
     write_json(path, metrics)
     return path

@@ -7,6 +7,7 @@ folders and agrees with them.
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
+from classifier.dataset import CelebHQAttrDataset
 from classifier.images import UnreadableImageError, load_image, save_image, tensor_to_uint8
 from dvce import runfolder as rf
 from dvce.samplers import CFBatch, FrameRecorder, Problem, get_sampler
@@ -38,7 +42,6 @@ def folder_items(folder, size: int) -> list[Item]:
 
 
 def lmdb_items(lmdb_path, attr_path, indices: Iterable[int] | None, size: int) -> list[Item]:
-    from classifier.dataset import CelebHQAttrDataset
     ds = CelebHQAttrDataset(lmdb_path, attr_path, split="all", image_size=size, augment=False)
     rows = list(indices) if indices is not None else ds.indices
     return [Item(str(r), (lambda r=r: ds.read_image(r)), {"lmdb": str(lmdb_path), "index": int(r)})
@@ -46,8 +49,6 @@ def lmdb_items(lmdb_path, attr_path, indices: Iterable[int] | None, size: int) -
 
 
 def _gif(frames: list[np.ndarray], path: Path, ms: int = 400) -> None:
-    from PIL import Image
-    import io
     ims = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
     ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=ms, loop=0)
@@ -147,7 +148,6 @@ def run(items: list[Item], problem: Problem, out, method: str = "guided", target
     already finished in ``out`` are skipped (resume); unreadable inputs and non-finite samples are
     reported in the manifest and the rest of the batch goes on.
     """
-    from tqdm import tqdm
     out = Path(out)
     sampler = get_sampler(method)
     options = dict(options or {})

@@ -60,6 +60,8 @@ def test_every_command_parses_into_its_function_signature():
         ("study", "eval"): ["--export", "e.csv", "--out", "o", "--no-figures"],
         ("study", "serve"): ["r1", "r2", "--db", "s.sqlite", "--port", "0"],
         ("demo",): ["--quick"],
+        ("shortcut",): ["--classifier", "c", "--cue", "Wearing_Hat", "--editor", "e", "--data", "d",
+                        "--out", "o", "--options", '{"t_start": 800}'],
         ("bench", "generate"): ["--n", "2", "--gpu"],
         ("bench", "ldm"): ["--n", "2"],
         ("bench", "lrp"): ["--composites", "lrp0", "--json", "j"],

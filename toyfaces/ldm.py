@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dvce.ldm import LDMNotAvailableError
+
 TOY_LDM_NAME = "toy"
 TOY_LDM_WEIGHTS = Path(__file__).resolve().parent / "weights" / "toy-ldm"
 
@@ -30,7 +32,6 @@ def toy_unet_config(latent_size: int = 16) -> dict:
 
 def toy_ldm_folder() -> Path:
     """The shipped toy LDM's diffusers folder (the resolver behind ``load_ldm("toy")``)."""
-    from dvce.ldm import LDMNotAvailableError
     if not (TOY_LDM_WEIGHTS / "unet").exists():
         raise LDMNotAvailableError(f"the toy LDM is missing at {TOY_LDM_WEIGHTS}; train it with "
                                    f"`ldvce toy train-ldm {TOY_LDM_WEIGHTS}`")

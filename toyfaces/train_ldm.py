@@ -25,10 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DModel, VQModel
 from tqdm import tqdm
 
+from classifier.dataset import CelebHQAttrDataset
+from classifier.images import decode_image
+from classifier.lmdb_store import image_key
 from dvce.ldm import COMPVIS_SCHEDULE
 from fileio import write_json
+from toyfaces.data import load_masks
 from toyfaces.ldm import toy_unet_config, toy_vq_config
 
 
@@ -54,9 +59,6 @@ class LDMTrainConfig:
 def load_images_uint8(lmdb_path, attr_path, limit: int | None = None):
     """All training-split images as a uint8 tensor (N, 3, H, W), small enough for memory, and
     their LMDB rows (to look up per-image data such as the region masks)."""
-    from classifier.dataset import CelebHQAttrDataset
-    from classifier.images import decode_image
-    from classifier.lmdb_store import image_key
     ds = CelebHQAttrDataset(lmdb_path, attr_path, split="train", augment=False)
     rows = ds.indices[:limit] if limit else ds.indices
     out = torch.empty((len(rows), 3, ds.image_size, ds.image_size), dtype=torch.uint8)
@@ -111,7 +113,6 @@ def train_vq(images, cfg: LDMTrainConfig, ckpt_dir: Path, log, regions=None):
     The loss weights shape edges and the detail regions (``regions``: mouth, eyes, mustache)
     from the first step: with a plain L1 the small encoder spent its capacity on the large,
     easy areas and lost thin lips on dark beards."""
-    from diffusers import VQModel
     vq = VQModel(**toy_vq_config(cfg.codebook, tuple(cfg.vq_widths)))
     opt = torch.optim.Adam(vq.parameters(), lr=cfg.vq_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -192,7 +193,6 @@ def load_region_masks(lmdb_path, rows) -> torch.Tensor | None:
     folder = Path(lmdb_path).parent
     if not (folder / "masks.npz").exists():
         return None
-    from toyfaces.data import load_masks
     m = load_masks(folder)
     union = np.zeros_like(m[DETAIL_REGIONS[0]])
     for name in DETAIL_REGIONS:
@@ -243,7 +243,6 @@ def encode_all(vq, images, bs: int = 256) -> torch.Tensor:
 
 
 def train_unet(latents: torch.Tensor, cfg: LDMTrainConfig, ckpt_dir: Path, log):
-    from diffusers import DDIMScheduler, UNet2DModel
     unet = UNet2DModel(**toy_unet_config(latents.shape[-1]))
     ema = UNet2DModel(**toy_unet_config(latents.shape[-1]))
     ema.load_state_dict(unet.state_dict())
@@ -292,7 +291,6 @@ def train_unet(latents: torch.Tensor, cfg: LDMTrainConfig, ckpt_dir: Path, log):
 
 def train_ldm(out_dir, lmdb_path, attr_path, cfg: LDMTrainConfig | None = None, limit=None) -> Path:
     """Train both stages and save a diffusers folder (``vqvae/ unet/ scheduler/``) in ``out_dir``."""
-    from diffusers import DDIMScheduler
     cfg = cfg or LDMTrainConfig()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -40,17 +40,24 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import crp
 import numpy as np
 import torch
 from crp import attribution as _crp_attribution
 from crp import visualization as _crp_visualization
 from crp.concepts import ChannelConcept
+from crp.helper import load_maximization, load_statistics
+from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
+from torchvision.transforms.functional import gaussian_blur
+from tqdm import tqdm
 
 from classifier.attributes import attribute_index, attribute_name
-from fileio import to_jsonable, write_json
+from fileio import atomic_write_bytes, to_jsonable, write_json
 from xai.lrp import _model_device_dtype, get_composite, preserved
+from xai.render import (_figure, heatmap_rgb, image_grid_figure, rgb_png_bytes, save_figure,
+                        symmetric_vmax, to_uint8_image)
 
 MODEL_OUTPUT = "y"
 
@@ -163,7 +170,6 @@ class FeatureVisualization(_crp_visualization.FeatureVisualization):
     def compute_stats(self, concept_id, layer_name: str, mode="relevance", top_N=5, mean_N=10,
                       norm=False):
         """As zennit-crp's, with :func:`load_stat_targets` (no ``np.int``)."""
-        from crp.helper import load_statistics
         path = {"relevance": self.RelStats.PATH, "activation": self.ActStats.PATH}.get(mode)
         if path is None:
             raise ValueError("`mode` must be `relevance` or `activation`")
@@ -188,7 +194,6 @@ def _dropper(part):
 def pil_rgb(img):
     """Any PIL image (palette images included) or (H, W, 3) uint8 array -> an RGB PIL image
     (fix 5: what we save is never a palette image)."""
-    from PIL import Image
     if isinstance(img, np.ndarray):
         return Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
@@ -196,8 +201,6 @@ def pil_rgb(img):
 
 def save_png(img, path) -> Path:
     """Save a PIL image or RGB array as an RGB PNG, atomically."""
-    from xai.render import rgb_png_bytes
-    from fileio import atomic_write_bytes
     atomic_write_bytes(path, rgb_png_bytes(np.asarray(pil_rgb(img))))
     return Path(path)
 
@@ -210,8 +213,6 @@ def vis_opaque_rgb(images: torch.Tensor, heatmaps: torch.Tensor, rf: bool = Fals
     blurred conditional heatmap is below ``vis_th`` × max and, with ``rf``, cropped to where it
     exceeds ``crop_th`` × max. ``images`` are [-1, 1]; results are resized to ``size`` (default:
     the image size) so they line up in a grid."""
-    from PIL import Image
-    from torchvision.transforms.functional import gaussian_blur
     out = []
     side = images.shape[-1]
     k = kernel_size or max(3, int(round(side * 19 / 224)) | 1)
@@ -416,7 +417,6 @@ def pair_figure(result: dict, original, counterfactual, path, title: str | None 
     """Figure of :func:`pair_analysis`: per layer two rows (x₀, x̂₀) — the image, its LRP
     heatmap, and the conditional heatmaps of the concepts that changed most (one symmetric
     scale per concept and pair), titled with the concept and its relevance change."""
-    from xai.render import _figure, heatmap_rgb, save_figure, symmetric_vmax, to_uint8_image
     layers = [l for l in result["layers"] if l in result["heatmaps"]]
     k = max((result["heatmaps"][l].shape[1] for l in layers), default=0)
     ncols, nrows = 2 + k, 2 * max(len(layers), 1)
@@ -453,7 +453,6 @@ def pair_figure(result: dict, original, counterfactual, path, title: str | None 
 def local_figure(result: dict, image, path, title: str | None = None, dpi: int = 120) -> Path:
     """Figure of :func:`local_analysis`: the image, its LRP heatmap, and per layer a row of the
     most relevant concepts' conditional heatmaps (each on its own symmetric scale)."""
-    from xai.render import _figure, heatmap_rgb, save_figure, to_uint8_image
     layers = list(result["layers"])
     k = max((len(v["channels"]) for v in result["layers"].values()), default=0)
     cell = 1.35
@@ -511,7 +510,6 @@ class PairDataset(Dataset):
 
 
 def _cache_key(model, data: PairDataset, attribute: int, layers, composite, n_refs) -> tuple[str, dict]:
-    import crp
     info = {"model": model_fingerprint(model), "data": data.describe(), "attribute": attribute,
             "layers": list(layers), "composite": str(composite), "n_refs": n_refs,
             "zennit_crp": getattr(crp, "__version__", "0.6.0"), "format": 1}
@@ -538,7 +536,6 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
     ``out_dir/global_<attribute>.json`` and ``.png``; returns the JSON content (plus
     ``"figure"`` and ``"cache"`` paths).
     """
-    from tqdm import tqdm
     idx = attribute_index(attribute)
     name = attribute_name(attribute)
     layers = resolve_layers(model, layers)
@@ -547,21 +544,13 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
     out_dir = Path(out_dir)
     key, info = _cache_key(model, data, idx, layers, composite, n_refs)
     cache = out_dir / "cache" / key
-    done = cache / "done.json"
     cc = ChannelConcept()
     with preserved(model):
         att = CondAttribution(model)
         comp = get_composite(composite, model)
         fv = FeatureVisualization(att, data, {l: cc for l in layers}, targets=[idx],
                                   path=str(cache / "fv"))
-        if not done.exists():
-            fv.run(comp, 0, n, batch_size=batch_size, checkpoint=max(1, math.ceil(n / batch_size)))
-            shares = {l: np.stack([fv.concept_relevance[l][i] for i in range(n)]) for l in layers}
-            np.savez(cache / "concept_relevance.npz", **{l: s for l, s in shares.items()})
-            write_json(cache / "done.json", info, indent=1)
-        else:
-            with np.load(cache / "concept_relevance.npz") as z:
-                shares = {l: z[l] for l in layers}
+        shares = _concept_shares(fv, comp, layers, n, batch_size, cache, info)
         labels = np.array([float(data.labels(i)[idx]) for i in range(n)])
         positive = labels > 0.5
         basis = positive if positive.any() else np.ones(n, bool)
@@ -578,18 +567,7 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
             c = int(c)
             mean_share = shares[layer][basis].mean(0)
             ref_file = cache / "refs" / f"{layer}_{c}.npz"
-            if ref_file.exists():
-                with np.load(ref_file) as z:
-                    refs, ref_idx = list(z["images"]), z["indices"].tolist()
-            else:
-                from crp.helper import load_maximization
-                d_sorted, _, _ = load_maximization(fv.RelMax.PATH, layer)
-                ref_idx = [int(i) for i in d_sorted[:n_refs, c]]
-                ref = fv.get_max_reference([c], layer, "relevance", (0, n_refs), composite=comp,
-                                           rf=True, plot_fn=None, batch_size=n_refs)[c]
-                refs = vis_opaque_rgb(ref[0], ref[1], rf=True)
-                ref_file.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(ref_file, images=np.stack(refs), indices=np.array(ref_idx))
+            refs, ref_idx = _references(fv, comp, layer, c, n_refs, ref_file)
             entry = {"concept": concept_id(layer, c), "channel": c,
                      "reference_file": str(ref_file),
                      "mean_share": float(mean_share[c]),
@@ -598,10 +576,48 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
                                         else int(i) for i in ref_idx]}
             result["layers"].setdefault(layer, []).append(entry)
             rows.append((f"{layer.removeprefix('net.')} #{c}\nshare {mean_share[c]:+.3f}", refs))
+    return _write_global(result, rows, out_dir, figure)
+
+
+def _concept_shares(fv: FeatureVisualization, comp, layers: list[str], n: int, batch_size: int,
+                    cache: Path, info: dict) -> dict[str, np.ndarray]:
+    """Per layer, the (n, channels) relevance shares of every image: run ``fv`` over the data
+    and cache them (``concept_relevance.npz``, then ``done.json``), or read the cached ones."""
+    done = cache / "done.json"
+    if done.exists():
+        with np.load(cache / "concept_relevance.npz") as z:
+            return {l: z[l] for l in layers}
+    fv.run(comp, 0, n, batch_size=batch_size, checkpoint=max(1, math.ceil(n / batch_size)))
+    shares = {l: np.stack([fv.concept_relevance[l][i] for i in range(n)]) for l in layers}
+    np.savez(cache / "concept_relevance.npz", **{l: s for l, s in shares.items()})
+    write_json(done, info, indent=1)
+    return shares
+
+
+def _references(fv: FeatureVisualization, comp, layer: str, c: int, n_refs: int,
+                ref_file: Path) -> tuple[list[np.ndarray], list[int]]:
+    """The ``n_refs`` reference images of channel ``c`` of ``layer`` (:func:`vis_opaque_rgb`,
+    cropped to the receptive field) and their dataset indices, cached in ``ref_file``."""
+    if ref_file.exists():
+        with np.load(ref_file) as z:
+            return list(z["images"]), z["indices"].tolist()
+    d_sorted, _, _ = load_maximization(fv.RelMax.PATH, layer)
+    ref_idx = [int(i) for i in d_sorted[:n_refs, c]]
+    ref = fv.get_max_reference([c], layer, "relevance", (0, n_refs), composite=comp,
+                               rf=True, plot_fn=None, batch_size=n_refs)[c]
+    refs = vis_opaque_rgb(ref[0], ref[1], rf=True)
+    ref_file.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(ref_file, images=np.stack(refs), indices=np.array(ref_idx))
+    return refs, ref_idx
+
+
+def _write_global(result: dict, rows: list, out_dir: Path, figure: bool) -> dict:
+    """Write ``global_<attribute>.json`` (and with ``figure`` the ``.png`` grid of ``rows``,
+    whose path joins ``result``) in ``out_dir``; returns ``result``."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    name, n = result["attribute"], result["n"]
     stem = f"global_{name}"
     if figure:
-        from xai.render import image_grid_figure
         result["figure"] = str(image_grid_figure(
             rows, out_dir / f"{stem}.png",
             title=f"CRP: top concepts for {name} (n = {n}) and their reference images"))

@@ -133,6 +133,7 @@ def layer_roles(root: nn.Module) -> dict[int, str]:
 
 
 def is_resnet(model: nn.Module) -> bool:
+    # heavy: torchvision (~2 s), which `import xai` does not need until a model is explained
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
     return any(isinstance(m, (ResNet, BasicBlock, Bottleneck)) for m in model.modules())
 
@@ -140,7 +141,7 @@ def is_resnet(model: nn.Module) -> bool:
 def canonizers_for(model: nn.Module) -> list:
     """ResNetCanonizer for torchvision ResNets, SequentialMergeBatchNorm if there are batch norms."""
     if is_resnet(model):
-        from zennit.torchvision import ResNetCanonizer
+        from zennit.torchvision import ResNetCanonizer  # heavy: imports torchvision, as above
         return [ResNetCanonizer()]
     if any(isinstance(m, BatchNorm) for m in model.modules()):
         return [SequentialMergeBatchNorm()]

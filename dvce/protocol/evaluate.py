@@ -8,14 +8,20 @@ beside the published numbers.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from classifier.attributes import attribute_index, attribute_name
+from classifier.dataset import read_attribute_file, split_range
+from classifier.images import load_image
 from dvce.protocol import metrics as M
-from dvce.protocol.features import (FeatureStore, Network, content_hash, face_network,
-                                    fid_network, oracle_network, read_rgb)
+from dvce.protocol.features import (FeatureStore, Network, _load_project, content_hash,
+                                    face_network, fid_network, file_identity, oracle_network,
+                                    read_rgb)
+from dvce.runfolder import RunItem, list_items
 
 FEATURES_DIR = ".features"
 
@@ -56,7 +62,6 @@ def _train_labels(train_attr_file):
     """(N, 40) labels of the training split: rows of ``CelebA-HQ-to-CelebA-mapping.txt`` whose
     CelebA ``list_eval_partition.csv`` partition is 0 when both files sit beside the attribute
     file (``compute_CD.py``), else the project's split by row (train = first 80 %)."""
-    from classifier.dataset import read_attribute_file, split_range
     p = Path(train_attr_file)
     _, _, labels = read_attribute_file(p)
     mapping, partition = p.parent / "CelebA-HQ-to-CelebA-mapping.txt", p.parent / "list_eval_partition.csv"
@@ -84,6 +89,34 @@ def _rows(store: FeatureStore, net: Network, keys, paths):
     return store.rows(net.key, keys, compute)
 
 
+@dataclass
+class _Pairs:
+    """The (original, counterfactual) pairs of a run folder as the metrics read them."""
+    items: list[RunItem]
+    originals: list[Path]
+    counterfactuals: list[Path]
+    original_hashes: list[str]        # content hashes: the feature cache's keys
+    counterfactual_hashes: list[str]
+    success: np.ndarray               # per pair: the run flipped the decision (result.json)
+    ok: np.ndarray                    # indices of the successful pairs
+
+    def successful(self, hashes: list[str], paths: list[Path]) -> tuple[list[str], list[Path]]:
+        """``hashes`` and ``paths`` (one side's) restricted to the successful pairs."""
+        return [hashes[i] for i in self.ok], [paths[i] for i in self.ok]
+
+
+def _read_pairs(items: list[RunItem]) -> _Pairs:
+    """The pairs of ``items``; a missing image file is a :class:`ProtocolError`."""
+    success = np.array([bool(it.result.get("flipped")) for it in items])
+    opaths = [it.original for it in items]
+    cpaths = [it.counterfactual for it in items]
+    for p in opaths + cpaths:
+        if not Path(p).is_file():
+            raise ProtocolError(f"{p} is missing: the run folder is incomplete")
+    oh, ch = [content_hash(p) for p in opaths], [content_hash(p) for p in cpaths]
+    return _Pairs(items, opaths, cpaths, oh, ch, success, np.flatnonzero(success))
+
+
 @torch.no_grad()
 def evaluate_protocol(run_dir, *, fid_features: str = "oracle", face_model: str = "oracle",
                       oracle: str | None = None, classifier: str | None = None,
@@ -102,8 +135,6 @@ def evaluate_protocol(run_dir, *, fid_features: str = "oracle", face_model: str 
     valid_attributes : indices MNAC/CD count (default: all 40).
     resolve : maps a classifier name (e.g. a toy name) to a checkpoint path.
     """
-    from classifier.attributes import attribute_index, attribute_name
-    from dvce.runfolder import list_items
     t0 = time.perf_counter()
     items = list_items(run_dir)
     if not items:
@@ -112,101 +143,123 @@ def evaluate_protocol(run_dir, *, fid_features: str = "oracle", face_model: str 
     query = attribute_index(attribute)
     store = FeatureStore(Path(run_dir) / FEATURES_DIR if cache else None)
     kw = dict(oracle=oracle, resolve=resolve, batch_size=batch_size, device=device)
-    success = np.array([bool(it.result.get("flipped")) for it in items])
-    opaths = [it.original for it in items]
-    cpaths = [it.counterfactual for it in items]
-    for p in opaths + cpaths:
-        if not Path(p).is_file():
-            raise ProtocolError(f"{p} is missing: the run folder is incomplete")
-    oh, ch = [content_hash(p) for p in opaths], [content_hash(p) for p in cpaths]
-    ok = np.flatnonzero(success)
+    pairs = _read_pairs(items)
     out: dict = {"protocol": "full", "attribute": attribute, "n_pairs": len(items),
-                 "n_successful": int(len(ok))}
+                 "n_successful": int(len(pairs.ok))}
     computed = {}
-
-    # FR: the explained classifier's decision on each counterfactual (result.json).
-    la = [it.result.get("logit_after") for it in items]
-    tg = [it.result.get("target") for it in items]
-    if all(v is not None for v in la + tg):
-        out["fr"] = {"value": M.flip_rate(la, tg), "n": len(items),
-                     "network": items[0].result.get("classifier", "the run's classifier"),
-                     "kind": "project"}
-
-    # FID / sFID: all originals vs successful counterfactuals.
-    fnet = fid_network(fid_features, **kw)
-    fo, computed["fid_originals"] = _rows(store, fnet, oh, opaths)
-    fc, computed["fid_counterfactuals"] = _rows(store, fnet, ch, cpaths)
-    out["fid"] = {"value": M.fid(fo, fc[ok]), "n_real": len(fo), "n_counterfactual": int(len(ok)),
-                  "network": fnet.describe, "kind": fnet.kind, "dim": int(fo.shape[1])}
-    s = M.sfid(fo, fc, success, seed=seed)
-    out["sfid"] = {**s, "network": fnet.describe, "kind": fnet.kind}
-
-    # FVA / FS: successful pairs.
-    face = face_network(face_model, query=query, **kw)
-    metric, thr = face.rule
-    if face.pairwise:
-        keys = [f"{oh[i]}:{ch[i]}" for i in ok]
-        rows, computed["face_pairs"] = store.rows(
-            face.key, keys, lambda idx: face([read_rgb(opaths[ok[i]]) for i in idx]
-                                             + [read_rgb(cpaths[ok[i]]) for i in idx]))
-        d = rows.shape[1] // 2 if len(rows) else 0
-        eo, ec = rows[:, :d], rows[:, d:]
-    else:
-        eo, computed["face_originals"] = _rows(store, face, [oh[i] for i in ok],
-                                               [opaths[i] for i in ok])
-        ec, computed["face_counterfactuals"] = _rows(store, face, [ch[i] for i in ok],
-                                                     [cpaths[i] for i in ok])
-    v = M.fva_fs(eo, ec, metric, thr)
-    out["fva"] = {"value": v["fva"], "n": v["n"], "rule": v.get("rule"), "network": face.describe,
-                  "kind": face.kind}
-    out["fs"] = {"value": v["fs"], "n": v["n"], "network": face.describe, "kind": face.kind}
-    if "mean_distance" in v:
-        out["fva"]["mean_distance"] = v["mean_distance"]
-    if face.kind == "dlib":
-        out["fva"]["faces_not_found"] = face.extra["faces"].not_found
-
-    # MNAC / CD: the oracle on successful pairs.
+    fr = _flip_rate(items)
+    if fr is not None:
+        out["fr"] = fr
+    out["fid"], out["sfid"] = _fid_sfid(store, fid_network(fid_features, **kw), pairs, seed,
+                                        computed)
+    out["fva"], out["fs"] = _fva_fs(store, face_network(face_model, query=query, **kw), pairs,
+                                    computed)
     if oracle is None:
         raise ProtocolError("MNAC and CD need an attribute oracle: pass --oracle (steex:PATH, a "
                             "classifier checkpoint or a toy name)")
     onet = oracle_network(oracle, resolve=resolve, batch_size=batch_size, device=device)
-    po, computed["oracle_originals"] = _rows(store, onet, [oh[i] for i in ok], [opaths[i] for i in ok])
-    pc, computed["oracle_counterfactuals"] = _rows(store, onet, [ch[i] for i in ok],
-                                                   [cpaths[i] for i in ok])
-    valid = None if valid_attributes is None else list(valid_attributes)
-    m = M.mnac(po, pc, query, valid)
-    out["mnac"] = {**m, "network": onet.describe, "kind": onet.kind,
-                   "attributes": "all 40" if valid is None else len(valid)}
-    if train_attr_file is not None:
-        labels, split = _train_labels(train_attr_file)
-        corrs = M.label_correlations(labels, query)
-        if valid is not None:  # attributes outside the oracle's world count nowhere
-            mask = np.zeros(len(corrs), bool)
-            mask[valid] = True
-            corrs = np.where(mask, corrs, 0.0)
-        cd = M.correlation_difference(po, pc, query, corrs)
-        out["cd"] = {"value": cd["value"], "n": cd["n"], "network": onet.describe,
-                     "kind": onet.kind, "train_attr_file": str(train_attr_file),
-                     "train_split": split, "query_delta_constant": cd["query_delta_constant"]}
-    else:
-        out["cd"] = {"value": None, "reason": "needs --train-attr-file (the training split's "
-                                              "CelebAMask-HQ-attribute-anno.txt)"}
-
+    out["mnac"], out["cd"] = _mnac_cd(store, onet, pairs, query, valid_attributes,
+                                      train_attr_file, computed)
     # COUT: every pair, the explained classifier.
     clf_spec = classifier or items[0].result.get("classifier")
     if not clf_spec:
         out["cout"] = {"value": None, "reason": "no classifier: pass --classifier"}
     else:
-        out["cout"] = _cout(items, clf_spec, query, oh, ch, store, cout_steps, batch_size, device,
+        out["cout"] = _cout(items, clf_spec, query, pairs.original_hashes,
+                            pairs.counterfactual_hashes, store, cout_steps, batch_size, device,
                             resolve)
     out["computed"] = computed
     out["seconds"] = time.perf_counter() - t0
     return out
 
 
+def _flip_rate(items: list[RunItem]) -> dict | None:
+    """FR: the explained classifier's decision on each counterfactual (result.json); None when
+    a result lacks ``logit_after`` or ``target``."""
+    la = [it.result.get("logit_after") for it in items]
+    tg = [it.result.get("target") for it in items]
+    if not all(v is not None for v in la + tg):
+        return None
+    return {"value": M.flip_rate(la, tg), "n": len(items),
+            "network": items[0].result.get("classifier", "the run's classifier"),
+            "kind": "project"}
+
+
+def _fid_sfid(store: FeatureStore, fnet: Network, pairs: _Pairs, seed: int,
+              computed: dict) -> tuple[dict, dict]:
+    """FID and sFID: all originals vs the successful counterfactuals."""
+    fo, computed["fid_originals"] = _rows(store, fnet, pairs.original_hashes, pairs.originals)
+    fc, computed["fid_counterfactuals"] = _rows(store, fnet, pairs.counterfactual_hashes,
+                                                pairs.counterfactuals)
+    ok = pairs.ok
+    fid = {"value": M.fid(fo, fc[ok]), "n_real": len(fo), "n_counterfactual": int(len(ok)),
+           "network": fnet.describe, "kind": fnet.kind, "dim": int(fo.shape[1])}
+    s = M.sfid(fo, fc, pairs.success, seed=seed)
+    return fid, {**s, "network": fnet.describe, "kind": fnet.kind}
+
+
+def _face_embeddings(store: FeatureStore, face: Network, pairs: _Pairs,
+                     computed: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The face model's embeddings of the successful pairs' originals and counterfactuals
+    (pairwise models embed each pair at once and are cached per pair)."""
+    ok, opaths, cpaths = pairs.ok, pairs.originals, pairs.counterfactuals
+    if face.pairwise:
+        keys = [f"{pairs.original_hashes[i]}:{pairs.counterfactual_hashes[i]}" for i in ok]
+        rows, computed["face_pairs"] = store.rows(
+            face.key, keys, lambda idx: face([read_rgb(opaths[ok[i]]) for i in idx]
+                                             + [read_rgb(cpaths[ok[i]]) for i in idx]))
+        d = rows.shape[1] // 2 if len(rows) else 0
+        return rows[:, :d], rows[:, d:]
+    eo, computed["face_originals"] = _rows(store, face,
+                                           *pairs.successful(pairs.original_hashes, opaths))
+    ec, computed["face_counterfactuals"] = _rows(
+        store, face, *pairs.successful(pairs.counterfactual_hashes, cpaths))
+    return eo, ec
+
+
+def _fva_fs(store: FeatureStore, face: Network, pairs: _Pairs,
+            computed: dict) -> tuple[dict, dict]:
+    """FVA and FS: the face model on the successful pairs."""
+    metric, thr = face.rule
+    eo, ec = _face_embeddings(store, face, pairs, computed)
+    v = M.fva_fs(eo, ec, metric, thr)
+    fva = {"value": v["fva"], "n": v["n"], "rule": v.get("rule"), "network": face.describe,
+           "kind": face.kind}
+    fs = {"value": v["fs"], "n": v["n"], "network": face.describe, "kind": face.kind}
+    if "mean_distance" in v:
+        fva["mean_distance"] = v["mean_distance"]
+    if face.kind == "dlib":
+        fva["faces_not_found"] = face.extra["faces"].not_found
+    return fva, fs
+
+
+def _mnac_cd(store: FeatureStore, onet: Network, pairs: _Pairs, query: int, valid_attributes,
+             train_attr_file, computed: dict) -> tuple[dict, dict]:
+    """MNAC and CD: the oracle on the successful pairs (CD only with ``train_attr_file``)."""
+    po, computed["oracle_originals"] = _rows(
+        store, onet, *pairs.successful(pairs.original_hashes, pairs.originals))
+    pc, computed["oracle_counterfactuals"] = _rows(
+        store, onet, *pairs.successful(pairs.counterfactual_hashes, pairs.counterfactuals))
+    valid = None if valid_attributes is None else list(valid_attributes)
+    m = M.mnac(po, pc, query, valid)
+    mnac = {**m, "network": onet.describe, "kind": onet.kind,
+            "attributes": "all 40" if valid is None else len(valid)}
+    if train_attr_file is None:
+        return mnac, {"value": None, "reason": "needs --train-attr-file (the training split's "
+                                               "CelebAMask-HQ-attribute-anno.txt)"}
+    labels, split = _train_labels(train_attr_file)
+    corrs = M.label_correlations(labels, query)
+    if valid is not None:  # attributes outside the oracle's world count nowhere
+        mask = np.zeros(len(corrs), bool)
+        mask[valid] = True
+        corrs = np.where(mask, corrs, 0.0)
+    cd = M.correlation_difference(po, pc, query, corrs)
+    return mnac, {"value": cd["value"], "n": cd["n"], "network": onet.describe,
+                  "kind": onet.kind, "train_attr_file": str(train_attr_file),
+                  "train_split": split, "query_delta_constant": cd["query_delta_constant"]}
+
+
 def _cout(items, clf_spec, query, oh, ch, store, steps, batch_size, device, resolve) -> dict:
-    from classifier.images import load_image
-    from dvce.protocol.features import _load_project, file_identity
     model, path = _load_project(clf_spec, resolve, device)
     key = f"cout|{steps}|{query}|{file_identity(path)}"
 

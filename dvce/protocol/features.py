@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classifier.images import load_pil
 from dvce.protocol.nets import (FIDInceptionV3, SteexOracle, VGGFace2ResNet50, WeightsError,
                                 require_file)
+from fileio import atomic_write_bytes
 
 # The oracle embedding's same-face rule on the toy world: cosine > 0.8 of the penultimate features
 # with the explained attribute's read-out direction projected out (an attribute classifier's
@@ -53,7 +56,6 @@ def file_identity(path) -> str:
 
 def read_rgb(path) -> np.ndarray:
     """An image file as uint8 RGB (H, W, 3)."""
-    from classifier.images import load_pil
     return np.asarray(load_pil(path))
 
 
@@ -95,7 +97,7 @@ _LOADED: dict = {}  # (identity, device) -> model: the oracle serves FID, face a
 
 
 def _load_project(ckpt, resolve, device):
-    from classifier.models import load_classifier
+    from classifier.models import load_classifier  # heavy: Lightning (~3 s), only for checkpoints
     path = Path(resolve(ckpt) if resolve else ckpt)
     if not path.is_file():
         raise WeightsError(f"classifier checkpoint not found: {path}")
@@ -163,7 +165,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def fid_torchvision(arg, *, batch_size=32, device="cpu", **_):
-    import torchvision
+    import torchvision  # heavy (~2 s): only this feature network needs it
     arch, _, path = (arg or "").partition(":")
     if not arch or not path:
         raise WeightsError("torchvision features need ARCH:PATH, e.g. torchvision:resnet50:"
@@ -233,7 +235,7 @@ class DlibFaces:
         shape = require_file(d / self.SHAPE, "dlib", "from the face-recognition-models package")
         resnet = require_file(d / self.RESNET, "dlib", "from the face-recognition-models package")
         try:
-            import dlib  # lazily: only this backend needs it
+            import dlib  # optional: only this backend needs it
         except ImportError as e:
             raise WeightsError("dlib face model: dlib is not installed (pip install "
                                "dlib-bin==20.0.1.post1)") from e
@@ -395,8 +397,6 @@ class FeatureStore:
     def _write(self, network_key, table: dict) -> None:
         if self.folder is None or not table:
             return
-        import io
-        from fileio import atomic_write_bytes
         buf = io.BytesIO()
         keys = list(table)
         np.savez(buf, keys=np.array(keys), values=np.stack([table[k] for k in keys]))

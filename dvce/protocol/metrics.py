@@ -42,7 +42,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     it; pytorch-fid uses ``scipy.linalg.sqrtm`` instead (same value up to round-off; it adds
     1e-6 to the diagonals when the product is singular, which changes singular cases slightly).
     """
-    from torchmetrics.image.fid import _compute_fid
+    from torchmetrics.image.fid import _compute_fid  # heavy: torchmetrics (~3 s), only FID
     t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
     return float(_compute_fid(t(mu1), t(sigma1), t(mu2), t(sigma2)))
 
@@ -68,7 +68,7 @@ def fid(real_features, fake_features) -> float:
     every *successful* counterfactual (``compute_FID.sh`` copies ``Original/Correct``,
     ``Original/Incorrect`` and the ``CCF`` counterfactuals).
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.fid import FrechetInceptionDistance  # heavy, as above
     real = torch.as_tensor(np.asarray(real_features, dtype=np.float64))
     fake = torch.as_tensor(np.asarray(fake_features, dtype=np.float64))
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:

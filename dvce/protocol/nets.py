@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 
@@ -52,6 +53,7 @@ def _load_strict(module: nn.Module, state: dict, path, what: str) -> None:
 
 # ------------------------------------------------------------------ pytorch-fid Inception-v3
 def _fid_blocks():
+    # heavy: torchvision (~2 s), only the Inception network needs it
     from torchvision.models.inception import InceptionA, InceptionC, InceptionE
 
     class FIDInceptionA(InceptionA):
@@ -108,7 +110,7 @@ class FIDInceptionV3(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from torchvision.models.inception import Inception3
+        from torchvision.models.inception import Inception3  # heavy, as in _fid_blocks
         A, C, E = _fid_blocks()
         net = Inception3(num_classes=1008, aux_logits=False, init_weights=False)
         net.Mixed_5b = A(192, pool_features=32)
@@ -197,7 +199,6 @@ class VGGFace2ResNet50(nn.Module):
     def preprocess(images: list[np.ndarray]) -> torch.Tensor:
         """uint8 RGB (H, W, 3) images → the network's input (``compute_FVA.CFDataset``):
         shorter side resized to 224 (PIL bilinear), RGB → BGR, minus the BGR means."""
-        from PIL import Image
         out = []
         for im in images:
             pil = Image.fromarray(im)

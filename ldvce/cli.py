@@ -413,6 +413,72 @@ def _sibling_attr_file(lmdb):
     return p
 
 
+@CLI.command("distill-decoder")
+def distill_decoder(*, ldm: str = "toy", data: str, out: str, n: int = 4000, steps: int = 1500,
+                    batch_size: int = 32, lr: float = 2e-3, vjp_weight: float = 0.5,
+                    noise: float = 0.3, width: int = 32, blocks: int = 1, seed: int = 0,
+                    checkpoint_every: int = 250, devices: int | None = None,
+                    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto",
+                    device: str = "auto") -> dict | None:
+    """Distil a small guidance decoder from an LDM's VQ decoder (for --guided.grad_decoder).
+
+    Trains a small convolutional decoder (TAESD-style) on the LDM's latents of --data to
+    reproduce the VQ decoder's images and its vector-Jacobian products (the classifier's
+    gradient goes through it). Writes OUT/model.safetensors and OUT/config.json (with the
+    held-out decode error and gradient cosine); resumes from OUT/checkpoint.pt. Put OUT at
+    LDM_FOLDER/grad_decoder for --guided.grad_decoder auto, or pass OUT itself.
+
+    Parameters
+    ----------
+    ldm : str
+        Hub id, diffusers folder or 'toy'.
+    data : str
+        Dataset folder or LMDB (train split), or a folder of images.
+    out : str
+        Output folder (resumed when it holds a checkpoint).
+    n : int
+        Training images (64 more are held out for the report).
+    steps : int
+        Optimisation steps.
+    batch_size : int
+        Latents per step (shared out over --devices).
+    lr : float
+        Adam learning rate.
+    vjp_weight : float
+        Weight of 1 - cosine between the two decoders' vector-Jacobian products (0: pixels only).
+    noise : float
+        Latents are perturbed by up to this many latent standard deviations.
+    width : int
+        Channels of the small decoder.
+    blocks : int
+        Residual blocks at latent resolution.
+    seed : int
+        Seed of the initialisation and the batches.
+    checkpoint_every : int
+        Steps between checkpoints.
+    devices : int
+        Several processes (Lightning Fabric), as ldvce generate --devices.
+    accelerator : str
+        With --devices: auto uses the GPUs when there are any.
+    device : str
+        auto, cpu, cuda or cuda:N (one process).
+    """
+    from dvce.distill import DistillConfig, distill_from_data
+    cfg = DistillConfig(steps=steps, batch_size=batch_size, lr=lr, vjp_weight=vjp_weight,
+                        noise=noise, width=width, blocks=blocks, seed=seed,
+                        checkpoint_every=checkpoint_every)
+    try:
+        report = distill_from_data(ldm, data, out, n, cfg, devices=devices,
+                                   accelerator=accelerator, device=_device(device))
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"ldvce distill-decoder: {e}")
+    if report:
+        print(f"decode L1 {report['decode_l1']:.4f}, gradient cosine {report['grad_cosine']:.3f} "
+              f"(smooth directions {report['grad_cosine_smooth']:.3f}) on {report['held_out']} "
+              f"held-out latents; {report['parameters']} parameters -> {out}")
+    return report
+
+
 @CLI.command("evaluate")
 def evaluate(run: str | None = None, *, oracle: str | None = None, masks: str | None = None,
              attribute: str | None = None, protocol: Literal["basic", "full"] = "basic",

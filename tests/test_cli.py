@@ -54,6 +54,7 @@ def test_every_command_parses_into_its_function_signature():
         ("classifier", "evaluate"): ["toy_resnet", "--data", "d", "--export-misclassified", "e"],
         ("generate",): ["--lmdb", "x.lmdb", "--indices", "1", "2", "--classifier", "c", "--out", "o",
                         "--batch-size", "2", "--target", "1"],
+        ("distill-decoder",): ["--data", "d", "--out", "o", "--steps", "10", "--devices", "2"],
         ("evaluate",): ["run", "--oracle", "toy_oracle"],
         ("explain",): ["run", "--classifier", "c", "--start", "one"],
         ("crp",): ["local", "--classifier", "c", "--run", "r", "--out", "o", "--top", "2"],

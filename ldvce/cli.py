@@ -725,6 +725,8 @@ _script_command("study eval", "study.evalstudy",
                 "Evaluate a study export (as python study/evalstudy.py).")
 _script_command("study serve", "study.serve.server",
                 "Serve the study web app over `ldvce generate` runs (SQLite, admin export).")
+_script_command("study withdraw", "study.serve.withdraw",
+                "Withdraw a study participant: delete their answers, record the withdrawal.")
 
 
 # ------------------------------------------------------------------------------------ demo

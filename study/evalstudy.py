@@ -30,6 +30,11 @@ Two tasks are evaluated:
               --heatmaps/--runs, metrics of model heatmaps and counterfactual differences vs HRHs
               (relevance mass/rank accuracy, pointing game, AUC, Spearman, IoU/Dice of top 10 %).
 
+Exports of `ldvce study serve` also carry each participant's status, condition, panel parameters,
+catch-trial score and timings (Study/... columns): --finished-only, --exclude-failed-catch and
+--exclude-file leave participants out (the report lists who and why), and the report gains
+timings and, with several conditions, a per-condition table.
+
 Writes OUT/study_summary.json, OUT/report.md, OUT/report.html, OUT/hrh/*.npy, OUT/figures/.
 """
 
@@ -39,6 +44,8 @@ examples:
       --images ../shared/seed/celebahq/test_counterfactual --out runs/study
   python study/evalstudy.py --export study.csv --images imgs --out runs/study \\
       --heatmaps runs/explain --runs runs/generate --bootstrap 1000 --seed 1
+  ldvce study eval --export studyentries.csv --runs guided=runs/guided --runs plain=runs/plain \\
+      --out runs/study --finished-only --exclude-failed-catch --exclude-file exclusions.txt
 
 layouts: heatmaps are read from HEATMAPS/<image_id>/heatmap_<composite>_pre.npy and runs from
 RUNS/<image_id>/{result.json,original.png,counterfactual.png}; a folder whose name contains the
@@ -60,9 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--heatmap-layout", default=None, metavar="PATTERN",
                         help="where heatmaps are under --heatmaps (default '{image_id}/heatmap_*_pre.npy'; "
                              "the * part names the method)")
-    parser.add_argument("--runs", type=Path, metavar="DIR", default=None,
+    parser.add_argument("--runs", type=str, metavar="DIR", default=None, action="append",
                         help="`ldvce generate` output: DIR/<id>/result.json gives the classifier's switch frame; "
-                             "original.png/counterfactual.png give a difference map compared with the HRHs")
+                             "original.png/counterfactual.png give a difference map compared with the HRHs. "
+                             "May be given several times; the first folder holding an image is used for it. "
+                             "As NAME=DIR it is study condition NAME's run: the per-condition tables take "
+                             "that condition's switch frames from it")
     parser.add_argument("--run-layout", default=None, metavar="PATTERN",
                         help="where a run's folder is under --runs (default '{image_id}')")
     parser.add_argument("--display-size", type=int, default=512, metavar="PX",
@@ -85,7 +95,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="bootstrap resamples of participants for confidence intervals; 0 = none (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--no-figures", action="store_true", help="skip figures (numbers, HRHs and reports only)")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="leave out participants who did not finish (empty submittedAt; screened-out ones too)")
+    parser.add_argument("--exclude-failed-catch", action="store_true",
+                        help="leave out participants who failed a catch trial (needs the study server's "
+                             "Study/catch_passed and Study/catch_total columns)")
+    parser.add_argument("--exclude-file", type=Path, metavar="FILE", default=None,
+                        help="leave out the participants listed in FILE: one id per line, optionally "
+                             "followed by ',' and a reason; '#' starts a comment line")
     return parser
+
+
+def split_runs(entries) -> tuple[list[Path], dict[str, Path]]:
+    """``--runs`` entries as (every run folder, ``{condition: folder}`` of the ``NAME=DIR`` ones).
+    An entry that exists as a path is a plain folder even if it contains ``=``."""
+    import re
+
+    dirs, named = [], {}
+    for e in entries or []:
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9.\-]*)=(.+)$", e)
+        if m and not Path(e).exists():
+            named[m.group(1)] = Path(m.group(2))
+            dirs.append(Path(m.group(2)))
+        else:
+            dirs.append(Path(e))
+    return dirs, named
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,22 +134,28 @@ def run(args: argparse.Namespace) -> int:
     from study.evaluate import HEATMAP_LAYOUT, RUN_LAYOUT, evaluate_study
     from study.export import ExportError
 
+    runs, condition_runs = split_runs(args.runs)
     try:
         summary = evaluate_study(
             args.export, images_dir=args.images, out_dir=args.out, heatmaps_dir=args.heatmaps,
-            runs_dir=args.runs, display_size=args.display_size, analysis_size=args.analysis_size,
+            runs_dir=runs or None, condition_runs=condition_runs or None, display_size=args.display_size, analysis_size=args.analysis_size,
             outlier_rule=args.outlier_rule, n_bootstrap=args.bootstrap, seed=args.seed,
             heatmap_layout=args.heatmap_layout or HEATMAP_LAYOUT, run_layout=args.run_layout or RUN_LAYOUT,
             exclude_outliers_from_hrh=args.exclude_outliers_from_hrh, figures=not args.no_figures,
-            raster=args.raster,
+            raster=args.raster, finished_only=args.finished_only,
+            exclude_failed_catch=args.exclude_failed_catch, exclude_file=args.exclude_file,
         )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for d, what in ((args.images, "--images"), (args.heatmaps, "--heatmaps"), (args.runs, "--runs")):
+    for d, what in [(args.images, "--images"), (args.heatmaps, "--heatmaps")] + [(r, "--runs") for r in runs]:
         if d is not None and not Path(d).is_dir():
             print(f"warning: {what} folder {d} does not exist; it was ignored", file=sys.stderr)
     hc = (summary.get("human_ceiling") or {}).get("mean", {}).get("mass_accuracy", {})
+    if summary.get("excluded"):
+        print(f"excluded {len(summary['excluded'])} participant(s): "
+              + "; ".join(f"{e['id']} ({e['reason']})" for e in summary["excluded"][:10])
+              + (" …" if len(summary["excluded"]) > 10 else ""))
     print(f"{summary['participants']} participants, {len(summary['selection'])} selection images, "
           f"{len(summary['hrh'])} annotation images, {len(summary['outliers'])} outlier(s), "
           f"{summary['n_issues']} parse issue(s)")

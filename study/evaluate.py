@@ -4,7 +4,7 @@
 nothing), :func:`study.figures.draw_figures` (optional) and :func:`write_outputs` (HRH files, the
 JSON summary and the report of :mod:`study.report`). It writes into ``out_dir``::
 
-    study_summary.json           everything below in numbers (schema in evaluate_study's docstring)
+    study_summary.json           everything below in numbers (schema in compute_study's docstring)
     report.md, report.html       the same for people
     hrh/<img>.npy                int32 HRH (participant counts) at the analysis size
     figures/selection/<img>_sel.png     choice histograms
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,7 +45,7 @@ from fileio import atomic_write_text, write_json
 from . import hrh as hrh_mod
 from . import metrics as M
 from . import selection as S
-from .export import ANALYSIS_SIZE, DISPLAY_SIZE, StudyExport, read_export
+from .export import ANALYSIS_SIZE, DISPLAY_SIZE, ExportError, StudyExport, read_export
 from .figures import draw_figures
 from .report import render_report
 
@@ -81,6 +81,18 @@ def find_image_dir(root, image_id: str, layout: str = RUN_LAYOUT) -> Path | None
     """``root/layout.format(image_id=...)`` if it is a folder, else a sub-folder naming the id
     (:func:`dvce.runfolder.find_folder`)."""
     return runfolder.find_folder(root, image_id, layout)
+
+
+def find_run_dir(runs, image_id: str, layout: str = RUN_LAYOUT) -> Path | None:
+    """The run folder of ``image_id`` in ``runs``: one folder or several (``--runs`` given more
+    than once, e.g. one per condition); the first that has the image wins."""
+    if runs is None:
+        return None
+    for root in ([runs] if isinstance(runs, (str, Path)) else runs):
+        found = find_image_dir(root, image_id, layout)
+        if found is not None:
+            return found
+    return None
 
 
 def find_heatmaps(heatmaps_dir, image_id: str, layout: str = HEATMAP_LAYOUT) -> dict[str, Path]:
@@ -163,6 +175,8 @@ def evaluate_study(
     exclude_outliers_from_hrh: bool = False,
     figures: bool = True,
     raster: str = "seed",
+    finished_only: bool = False, exclude_failed_catch: bool = False, exclude_file=None,
+    condition_runs: dict | None = None,
 ) -> dict:
     """Evaluate a user-study export and write figures, HRHs, a JSON summary and a report.
 
@@ -176,9 +190,9 @@ def evaluate_study(
         Output folder (created).
     heatmaps_dir : path, optional
         ``ldvce explain`` output; heatmaps found by ``heatmap_layout`` are compared with the HRHs.
-    runs_dir : path, optional
-        ``ldvce generate`` output; gives switch frames, thumbnails and counterfactual difference
-        maps (found by ``run_layout``).
+    runs_dir : path or list of paths, optional
+        ``ldvce generate`` output(s); gives switch frames, thumbnails and counterfactual
+        difference maps (found by ``run_layout``; with several, the first holding an image).
     display_size, analysis_size : int
         Displayed image size (polygon coordinates) and HRH size.
     outlier_rule : str or callable
@@ -200,27 +214,128 @@ def evaluate_study(
         How polygons become pixels (:mod:`study.hrh`): ``"seed"`` reproduces the original
         evaluation (OpenCV ``fillPoly`` on truncated vertices), ``"centre"`` counts pixel centres
         inside the exact polygon.
+    finished_only, exclude_failed_catch, exclude_file
+        Exclusions (see :func:`apply_exclusions`); the summary's ``excluded`` says who and why.
+    condition_runs : dict, optional
+        ``{condition: run folder}``: each condition's switch frames (:func:`condition_summary`).
 
     Returns
     -------
     dict
-        The summary written to ``study_summary.json``: ``participants`` (count),
-        ``participant_ids``, ``participant_means``, ``outliers``, ``selection[img]`` (``counts``
-        with string keys "-1".."max", ``counts_included``, ``n``, ``mean_choice``, ``mode``,
-        ``switch_frame``, ``agreement``), ``hrh[img]`` (``path``, ``n_annotators``, ``max``,
-        ``pixels_ge1``, ``pixels_ge50``, ``ceiling``), ``human_ceiling`` (mean of each metric
-        over annotator×image with bootstrap CI), ``methods[name]`` (``consensus`` at ``ge1``/
-        ``ge50`` plus ``spearman``, ``individual`` = per-annotator scores comparable with the
-        ceiling, ``per_image``), ``issues`` and ``n_issues``.
+        The summary written to ``study_summary.json`` (its keys: :func:`compute_study`).
+
+    Raises
+    ------
+    ExportError
+        An unreadable export or exclusion file; ``exclude_failed_catch`` without catch results.
     """
     ex = export if isinstance(export, StudyExport) else read_export(export, display_size, analysis_size)
+    ex, excluded, rules = _exclude(ex, finished_only, exclude_failed_catch, exclude_file)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ev = compute_study(ex, heatmaps_dir, runs_dir, outlier_rule, n_bootstrap, seed, heatmap_layout, run_layout,
-                       exclude_outliers_from_hrh, raster)
+                       exclude_outliers_from_hrh, raster, condition_runs)
+    ev.summary["excluded"], ev.summary["exclusion_rules"] = excluded, rules
     if figures:
         draw_figures(ev, out, {img: find_study_image(images_dir, img) for img in ex.annotation_images})
     return write_outputs(ev, out)
+
+
+# ------------------------------------------------------------------------------- exclusions
+
+
+def read_exclusion_file(path) -> dict[str, str]:
+    """``{participant id: reason}`` from an exclusion list: one id per line, optionally followed
+    by ``,`` or whitespace and a reason; blank lines and lines starting with ``#`` are skipped.
+
+    Raises
+    ------
+    ExportError
+        When the file is missing or unreadable (nothing is evaluated with a list half-applied).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"exclusion list not found: {p}")
+    try:
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"cannot read exclusion list {p}: {exc}") from exc
+    out: dict[str, str] = {}
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        pid, _, reason = _split_entry(line)
+        out[pid] = reason
+    return out
+
+
+def _split_entry(line: str) -> tuple[str, str, str]:
+    """``(id, separator, reason)`` of one exclusion-list line."""
+    m = re.match(r"^(?P<id>[^,\s]+)\s*(?P<sep>,|\s)?\s*(?P<reason>.*)$", line)
+    return m["id"], m["sep"] or "", m["reason"].strip()
+
+
+def _exclusion_reason(ex: StudyExport, pid: str, submitted: str, finished_only: bool,
+                      exclude_failed_catch: bool, listed: dict[str, str], list_name: str) -> str | None:
+    """Why ``pid`` is left out, or None."""
+    info = ex.info.get(pid, {})
+    if pid in listed:
+        return f"listed in {list_name}" + (f": {listed[pid]}" if listed[pid] else "")
+    if finished_only and not submitted:
+        status = info.get("status")
+        return "screened out" if status == "screened_out" else "did not finish (no submittedAt)"
+    if exclude_failed_catch and "catch_total" in info:
+        passed, total = int(info.get("catch_passed", 0)), int(info["catch_total"])
+        if passed < total:
+            return f"failed catch trials ({passed} of {total} passed)"
+    return None
+
+
+def _exclude(ex: StudyExport, finished_only: bool, exclude_failed_catch: bool, exclude_file):
+    """``(export without the excluded, [{id, reason}], the rules as the summary records them)``."""
+    listed = read_exclusion_file(exclude_file) if exclude_file is not None else {}
+    name = str(exclude_file) if exclude_file is not None else ""
+    ex, excluded = apply_exclusions(ex, finished_only, exclude_failed_catch, listed, name)
+    return ex, excluded, {"finished_only": finished_only, "exclude_failed_catch": exclude_failed_catch,
+                          "exclude_file": name or None}
+
+
+def apply_exclusions(ex: StudyExport, finished_only: bool = False, exclude_failed_catch: bool = False,
+                     listed: dict[str, str] | None = None, list_name: str = "the exclusion list"
+                     ) -> tuple[StudyExport, list[dict]]:
+    """``ex`` without the excluded participants, and ``[{"id", "reason"}]`` of those left out.
+
+    Left out: with ``finished_only`` who did not finish (empty ``submittedAt``; screened-out ones
+    too), with ``exclude_failed_catch`` who failed a catch trial (the study server's
+    ``Study/catch_*`` columns), and who is in ``listed`` (``{id: reason}``, e.g. from
+    :func:`read_exclusion_file`; listed ids the export lacks are reported as "not in the
+    export"). Withdrawn participants are not in the server's export at all.
+
+    Raises
+    ------
+    ExportError
+        ``exclude_failed_catch`` on an export that carries no catch-trial results.
+    """
+    listed = listed or {}
+    if exclude_failed_catch and not any("catch_total" in d for d in ex.info.values()):
+        raise ExportError(f"{ex.source}: --exclude-failed-catch needs catch-trial results (the study "
+                          f"server's Study/catch_passed and Study/catch_total columns); this export has "
+                          f"none: it is from a study without catch trials or from another app")
+    excluded = []
+    for p in ex.participants:
+        why = _exclusion_reason(ex, p.id, p.submittedAt, finished_only, exclude_failed_catch, listed, list_name)
+        if why is not None:
+            excluded.append({"id": p.id, "reason": why})
+    gone = {e["id"] for e in excluded}
+    excluded += [{"id": pid, "reason": f"listed in {list_name} but not in the export"}
+                 for pid in listed if pid not in set(ex.participant_ids)]
+    if not gone:
+        return ex, excluded
+    keep = lambda table: {k: v for k, v in table.items() if k not in gone}  # noqa: E731
+    return replace(ex, participants=[p for p in ex.participants if p.id not in gone],
+                   selections={img: keep(t) for img, t in ex.selections.items()},
+                   polygons={img: keep(t) for img, t in ex.polygons.items()}, info=keep(ex.info)), excluded
 
 
 def compute_study(
@@ -234,8 +349,23 @@ def compute_study(
     run_layout: str = RUN_LAYOUT,
     exclude_outliers_from_hrh: bool = False,
     raster: str = "seed",
+    condition_runs: dict | None = None,
 ) -> Evaluation:
-    """The numbers of :func:`evaluate_study` (same parameters), reading inputs but writing nothing."""
+    """The numbers of :func:`evaluate_study` (same parameters), reading inputs but writing nothing.
+
+    Returns
+    -------
+    Evaluation
+        Whose ``summary`` becomes ``study_summary.json``: ``participants`` (count),
+        ``participant_ids``, ``participant_means``, ``outliers``, ``selection[img]`` (``counts``
+        with string keys "-1".."max", ``counts_included``, ``n``, ``mean_choice``, ``mode``,
+        ``switch_frame``, ``agreement``), ``hrh[img]`` (``path``, ``n_annotators``, ``max``,
+        ``pixels_ge1``, ``pixels_ge50``, ``ceiling``), ``human_ceiling`` (mean of each metric
+        over annotator×image with bootstrap CI), ``methods[name]`` (``consensus`` at ``ge1``/
+        ``ge50`` plus ``spearman``, ``individual`` = per-annotator scores comparable with the
+        ceiling, ``per_image``), ``excluded`` (``[{id, reason}]``), ``timings``, ``conditions``,
+        ``issues`` and ``n_issues``.
+    """
     rule_name = outlier_rule if isinstance(outlier_rule, str) else getattr(outlier_rule, "__name__", "custom")
     outliers = S.find_outliers(ex, outlier_rule)
     included = [p for p in ex.participant_ids if p not in set(outliers)]
@@ -260,7 +390,7 @@ def compute_study(
         "n_issues": len(ex.issues),
         "figures": {},
     }
-    run_dirs = {img: find_image_dir(runs_dir, img, run_layout) for img in ex.images}
+    run_dirs = {img: find_run_dir(runs_dir, img, run_layout) for img in ex.images}
     summary["selection"], selection_plots = _selection_task(ex, run_dirs, included)
 
     hrh_people = included if exclude_outliers_from_hrh else None
@@ -273,6 +403,8 @@ def compute_study(
                                        n_bootstrap, seed) for k in CEILING_METRICS},
         }
 
+    summary["timings"] = timing_summary(ex)
+    summary["conditions"] = condition_summary(ex, summary["selection"], condition_runs, run_layout)
     maps, sources = _model_maps(ex, heatmaps_dir, heatmap_layout, run_dirs, summary["issues"])
     summary["n_issues"] = len(summary["issues"])
     if maps:
@@ -281,6 +413,83 @@ def compute_study(
             summary["methods"][name]["sources"] = sources.get(name, {})
     return Evaluation(summary, {img: d["hrh"] for img, d in per_image.items()}, selection_plots, maps,
                       len(hrh_people) if hrh_people is not None else len(ex.participant_ids))
+
+
+_TRIAL_SECONDS_RE = re.compile(r"^trial/(?P<kind>sel|ann|catch):.+/seconds$")
+_KIND_NAMES = {"sel": "selection", "ann": "annotation", "catch": "catch"}
+
+
+def _stats(values: Sequence[float]) -> dict:
+    """n, median, mean, min and max of ``values`` (None entries when empty)."""
+    v = np.asarray(values, dtype=np.float64)
+    if not v.size:
+        return {"n": 0, "median": None, "mean": None, "min": None, "max": None}
+    return {"n": int(v.size), "median": float(np.median(v)), "mean": float(v.mean()),
+            "min": float(v.min()), "max": float(v.max())}
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def timing_summary(ex: StudyExport) -> dict | None:
+    """Seconds per trial (by task) and in total per participant, from the study server's
+    ``Study/trial/<key>/seconds`` and ``Study/total_seconds`` columns; None without them."""
+    totals: dict[str, float] = {}
+    per_kind: dict[str, list[float]] = {}
+    for pid, d in ex.info.items():
+        if _number(d.get("total_seconds")) is not None:
+            totals[pid] = _number(d["total_seconds"])
+        for k, v in d.items():
+            m = _TRIAL_SECONDS_RE.match(k)
+            if m and _number(v) is not None:
+                per_kind.setdefault(_KIND_NAMES[m["kind"]], []).append(_number(v))
+    if not totals and not per_kind:
+        return None
+    return {"total_seconds": _stats(list(totals.values())), "per_participant": totals,
+            "trial_seconds": {k: _stats(v) for k, v in per_kind.items()}}
+
+
+def _condition_switch(name: str, img: str, selection: dict, condition_runs: dict | None, run_layout: str):
+    """The switch frame of ``img`` in condition ``name``: from the condition's own run when
+    ``condition_runs`` names one, else the overall one of the summary's ``selection``."""
+    if condition_runs and name in condition_runs:
+        d = find_run_dir(condition_runs[name], img, run_layout)
+        return S.switch_frame_from_result(runfolder.read_result(d)) if d else None
+    return (selection.get(img) or {}).get("switch_frame")
+
+
+def condition_summary(ex: StudyExport, selection: dict, condition_runs: dict | None = None,
+                      run_layout: str = RUN_LAYOUT) -> dict:
+    """Per between-subject condition (the ``Study/condition`` column): participants, selections
+    (mean chosen frame without "none", share of "none", agreement with the switch frame),
+    annotators and time; {} without conditions. ``selection`` is the summary's selection entries,
+    ``condition_runs`` optional ``{condition: run folder}`` (see :func:`evaluate_study`)."""
+    cond = {pid: d["condition"] for pid, d in ex.info.items() if d.get("condition")}
+    out = {}
+    for name in sorted(set(cond.values())):
+        ids = {p for p in ex.participant_ids if cond.get(p) == name}
+        per_image, all_choices = {}, []
+        for img in ex.selection_images:
+            ch = [c for p, c in ex.selections.get(img, {}).items() if p in ids]
+            all_choices += ch
+            frames = [c for c in ch if c >= 0]
+            switch = _condition_switch(name, img, selection, condition_runs, run_layout)
+            per_image[img] = {"n": len(ch), "mean_frame": _mean_of(frames), "none": ch.count(-1),
+                              "agreement": S.switch_agreement(ch, switch)}
+        frames = [c for c in all_choices if c >= 0]
+        totals = [_number(ex.info.get(p, {}).get("total_seconds")) for p in ids]
+        out[name] = {
+            "participants": len(ids), "selections": len(all_choices), "mean_frame": _mean_of(frames),
+            "none_share": (all_choices.count(-1) / len(all_choices)) if all_choices else None,
+            "annotators": len({p for t in ex.polygons.values() for p in t if p in ids}),
+            "median_total_seconds": _stats([t for t in totals if t is not None])["median"],
+            "per_image": per_image,
+        }
+    return out
 
 
 def write_outputs(ev: Evaluation, out: Path) -> dict:

@@ -13,6 +13,12 @@ analysis resolution (256 in the seed) is applied later by :mod:`study.hrh`. Empt
 "no such polygon/point for this participant". The flattening is rectangular, so the number of
 ``<poly>`` and ``<k>`` columns per image is the maximum over all participants.
 
+The study server (``ldvce study serve``) appends ``Study/<name>`` columns after those: the
+participant's status, condition, recruitment-panel parameters (``Study/panel/<param>``),
+catch-trial score (``Study/catch_passed``, ``Study/catch_total``), per-trial timings
+(``Study/trial/<key>/shown``, ``…/answered``, ``…/seconds``) and ``Study/total_seconds``. They are
+read into ``StudyExport.info``; an export without them (the original app's) reads as before.
+
 Nothing malformed is dropped silently: every cell, row or column that cannot be used becomes a
 :class:`ParseIssue` ``(row, column, value, reason)`` in ``StudyExport.issues`` and the parser
 moves on with the rest of the file.
@@ -35,6 +41,8 @@ DISPLAY_SIZE = 512
 ANALYSIS_SIZE = 256
 META_COLUMNS = ("id", "createdAt", "updatedAt", "submittedAt")
 SELECTION_PREFIX = "ImageSelection/"
+#: Prefix of the study server's extra per-participant columns (see the module docstring).
+INFO_PREFIX = "Study/"
 ANNOTATION_PREFIX = "ImageAnnotations/"
 #: The path the study app (Next.js) serves its images under; kept verbatim in column names.
 MEDIA_DIR = "/_next/static/media/"
@@ -109,6 +117,9 @@ class StudyExport:
         ``"27300_1.0_misclassified.1ca47a08.png"``, so an export can be written back unchanged.
     issues : list of ParseIssue
         Everything that was skipped or repaired.
+    info : dict
+        ``info[participant_id][name]`` = the non-empty ``Study/<name>`` cells of the study
+        server's export (status, condition, panel parameters, catch score, timings), as text.
     """
 
     participants: list[Participant] = field(default_factory=list)
@@ -118,6 +129,8 @@ class StudyExport:
     polygons: dict[str, dict[str, list[Polygon]]] = field(default_factory=dict)
     media_names: dict[str, str] = field(default_factory=dict)
     issues: list[ParseIssue] = field(default_factory=list)
+    info: dict[str, dict[str, str]] = field(default_factory=dict)
+    info_columns: list[str] = field(default_factory=list)
     display_size: int = DISPLAY_SIZE
     analysis_size: int = ANALYSIS_SIZE
     source: str = ""
@@ -141,6 +154,8 @@ class StudyExport:
             media_names=self.media_names,
             selection_images=self.selection_images,
             annotation_images=self.annotation_images,
+            info=self.info,
+            info_columns=self.info_columns,
         )
 
 
@@ -229,6 +244,7 @@ class _Columns:
     meta: dict[str, int] = field(default_factory=dict)  # metadata name -> column
     selection: dict[str, int] = field(default_factory=dict)  # image -> column
     annotation: dict[str, dict[int, _PolyColumns]] = field(default_factory=dict)  # image -> poly -> columns
+    info: dict[str, int] = field(default_factory=dict)  # Study/<name> -> column
 
 
 def _parse_records(records: list[list[str]], display_size: int, analysis_size: int) -> StudyExport:
@@ -240,6 +256,7 @@ def _parse_records(records: list[list[str]], display_size: int, analysis_size: i
     ex.annotation_images = list(cols.annotation)
     ex.selections = {img: {} for img in cols.selection}
     ex.polygons = {img: {} for img in cols.annotation}
+    ex.info_columns = list(cols.info)
     used_ids: set[str] = set()
     for r, rec in enumerate(records[1:], start=2):
         if any(cell.strip() for cell in rec):  # a blank line (trailing newline) carries no data: nothing to report
@@ -263,6 +280,9 @@ def _classify_columns(header: list[str], ex: StudyExport) -> _Columns:
         m = _SELECTION_RE.match(name)
         if m:
             cols.selection[m["img"]] = j
+            continue
+        if name.startswith(INFO_PREFIX) and len(name) > len(INFO_PREFIX):
+            cols.info[name[len(INFO_PREFIX):]] = j
             continue
         m = _ANNOTATION_RE.match(name)
         if m:
@@ -314,6 +334,9 @@ def _parse_row(r: int, rec: list[str], header: list[str], cols: _Columns, ex: St
     cell = partial(_row_cell, rec)
     pid = _participant_id(r, cell(cols.meta.get("id")) or "", "id" in cols.meta, used_ids, issue)
     ex.participants.append(Participant(pid, r, *(cell(cols.meta.get(c)) or "" for c in META_COLUMNS[1:])))
+    info = {name: v for name, j in cols.info.items() if (v := cell(j))}
+    if info:
+        ex.info[pid] = info
     for img, j in cols.selection.items():
         v = cell(j)
         if not v:
@@ -448,6 +471,8 @@ def write_export(
     media_names: Mapping[str, str] | None = None,
     selection_images: Sequence[str] | None = None,
     annotation_images: Sequence[str] | None = None,
+    info: Mapping[str, Mapping[str, object]] | None = None,
+    info_columns: Sequence[str] | None = None,
 ) -> list[str]:
     """Write a study export CSV in the real app's format from in-memory data.
 
@@ -470,6 +495,11 @@ def write_export(
         ``{img: "<img>_1.0_misclassified.<hash>.png"}``; defaults to :func:`media_name_for`.
     selection_images, annotation_images : sequence of str, optional
         Column order of the two tasks; default: the mappings' key order.
+    info : mapping, optional
+        ``{participant_id: {name: value}}``: written as ``Study/<name>`` columns after the
+        annotation columns (the study server's extras); None values give empty cells.
+    info_columns : sequence of str, optional
+        Order of those names; default: first appearance in ``info``.
 
     Returns
     -------
@@ -491,8 +521,14 @@ def write_export(
     people = _people_with_timestamps(participants, selections, polygons)
 
     ann_header, layout = _annotation_layout(ann_imgs, polygons, media)
-    header = list(META_COLUMNS) + [f"{SELECTION_PREFIX}{img}/selection" for img in sel_imgs] + ann_header
-    rows = [_export_row(d, sel_imgs, selections, layout, polygons) for d in people]
+    info = dict(info or {})
+    names = list(info_columns) if info_columns is not None else list(
+        dict.fromkeys(k for d in info.values() for k in d))
+    header = (list(META_COLUMNS) + [f"{SELECTION_PREFIX}{img}/selection" for img in sel_imgs] + ann_header
+              + [INFO_PREFIX + n for n in names])
+    rows = [_export_row(d, sel_imgs, selections, layout, polygons)
+            + ["" if info.get(d["id"], {}).get(n) is None else str(info[d["id"]][n]) for n in names]
+            for d in people]
 
     if hasattr(path, "write"):
         _write_rows(path, header, rows)

@@ -60,6 +60,7 @@ def test_every_command_parses_into_its_function_signature():
         ("crp",): ["local", "--classifier", "c", "--run", "r", "--out", "o", "--top", "2"],
         ("study", "eval"): ["--export", "e.csv", "--out", "o", "--no-figures"],
         ("study", "serve"): ["r1", "r2", "--db", "s.sqlite", "--port", "0"],
+        ("study", "withdraw"): ["ID", "--db", "s.sqlite"],
         ("demo",): ["--quick"],
         ("shortcut",): ["--classifier", "c", "--cue", "Wearing_Hat", "--editor", "e", "--data", "d",
                         "--out", "o", "--options", '{"t_start": 800}'],

@@ -116,11 +116,33 @@ def test_admin_routes_need_the_token(client):
     assert client.get("/admin").status_code == 200  # the page shell itself holds no data
 
 
+def _valid_body(trial: dict) -> dict:
+    """A valid answer to ``trial`` (the JSON of /api/p/<token>): the second frame, or a triangle."""
+    if trial["kind"] == "selection":
+        return {"trial": trial["key"], "choice": trial["frames"][1]["value"]}
+    return {"trial": trial["key"], "polygons": [[[10, 10], [200, 10], [100, 150]]]}
+
+
+def _answer_until(client, token, key) -> None:
+    """Answer the participant's trials in order until ``key`` is the current one."""
+    for _ in range(20):
+        t = client.get(f"/api/p/{token}").get_json()["trial"]
+        if t["key"] == key:
+            return
+        assert _answer(client, token, _valid_body(t)).status_code == 200
+    raise AssertionError(f"{key} never came")
+
+
 def test_participants_are_isolated(client):
+    # Changed with issue 28: answers are taken in the participant's order only, so each one
+    # first reaches the shared trial.
     study = client.study
     a, b = _start(client), _start(client)
     img = study.selection_images[0]
     shown = study.images[img].shown_indices
+    _answer_until(client, b, f"sel:{img}")
+    _answer_until(client, a, f"sel:{img}")
+    before = {(r["participant_id"], r["trial"]) for r in client.store.all_answers()}
     sb = client.get(f"/api/p/{b}").get_json()
     assert _answer(client, b, {"trial": f"sel:{img}", "choice": shown[1]}).status_code == 200
     # A answers the same trial: it lands in A's record, B's answer is untouched.
@@ -134,8 +156,9 @@ def test_participants_are_isolated(client):
         assert client.get(f"/api/p/{tok}").status_code == 404
         assert _answer(client, tok, {"trial": f"sel:{img}", "choice": -1}).status_code in (404, 405)
     sa = client.get(f"/api/p/{a}").get_json()
-    assert sa["participant"] != sb["participant"] and sa["answered"] == 1
-    rows = {(r["participant_id"], r["trial"]): r["choice"] for r in client.store.all_answers()}
+    assert sa["participant"] != sb["participant"]
+    rows = {(r["participant_id"], r["trial"]): r["choice"] for r in client.store.all_answers()
+            if (r["participant_id"], r["trial"]) not in before}
     assert rows == {(sb["participant"], f"sel:{img}"): shown[1], (sa["participant"], f"sel:{img}"): -1}
 
 
@@ -190,8 +213,8 @@ def test_bad_answers_get_4xx_and_store_nothing(client):
     assert client.get(f"/img/{ann}/original").status_code == 200
     assert client.store.all_answers() == []
     assert client.get(f"/api/p/{tok}").get_json()["answered"] == 0
-    # ...and then a good answer is stored.
-    assert _answer(client, tok, {"trial": f"sel:{sel}", "choice": shown[-1]}).status_code == 200
+    # ...and then a good answer (to the current trial: changed with issue 28) is stored.
+    assert _answer(client, tok, _valid_body(client.get(f"/api/p/{tok}").get_json()["trial"])).status_code == 200
     assert len(client.store.all_answers()) == 1
 
 
@@ -398,7 +421,7 @@ def test_shipped_config_and_changed_studies(study_run, tmp_path):
         store.check_study(study.fingerprint(), 384)
 
 
-def test_catch_trials_are_scored_and_kept_out_of_the_export(client):
+def test_catch_trials_are_scored_and_kept_out_of_the_image_answers(client):
     tok = _start(client)
     plan_keys = set()
     for _ in range(10):
@@ -418,4 +441,7 @@ def test_catch_trials_are_scored_and_kept_out_of_the_export(client):
     text = client.get("/admin/export.csv", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).get_data(as_text=True)
     ex = read_export(io.StringIO(text))
     assert ex.issues == [] and len(ex.participants) == 1 and ex.participants[0].submittedAt
-    assert sum(len(v) for v in ex.selections.values()) == 3 and "catch" not in text
+    assert sum(len(v) for v in ex.selections.values()) == 3 and "ImageSelection/catch" not in text
+    # Changed with issue 28: the catch score is exported (Study/ columns), not kept apart.
+    info = ex.info[ex.participants[0].id]
+    assert info["catch_passed"] == info["catch_total"] == "1"

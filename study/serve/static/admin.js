@@ -8,8 +8,10 @@ const errorBox = document.getElementById("error");
 
 function showError(msg) { errorBox.textContent = msg; errorBox.hidden = !msg; }
 
-async function get(path) {
-  const r = await fetch(BASE + path, { headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY) } });
+async function get(path, init) {
+  const opts = init || {};
+  opts.headers = Object.assign({ Authorization: "Bearer " + sessionStorage.getItem(KEY) }, opts.headers || {});
+  const r = await fetch(BASE + path, opts);
   if (!r.ok) {
     let msg = "request failed: " + r.status;
     try { msg = (await r.json()).error || msg; } catch (e) { /* keep the status */ }
@@ -19,9 +21,33 @@ async function get(path) {
 }
 
 function row(cells) {
+  // textContent only: ids, panel values and reasons are shown as text, never parsed as HTML.
   const tr = document.createElement("tr");
-  for (const c of cells) { const td = document.createElement("td"); td.textContent = c; tr.append(td); }
+  for (const c of cells) {
+    const td = document.createElement("td");
+    if (c instanceof Node) td.append(c); else td.textContent = c;
+    tr.append(td);
+  }
   return tr;
+}
+
+function withdrawButton(q) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "withdraw";
+  b.dataset.participant = q.id;
+  b.textContent = "Withdraw";
+  b.disabled = q.status === "withdrawn";
+  b.addEventListener("click", async () => {
+    if (!confirm("Delete every answer of participant " + q.id + "? This cannot be undone.")) return;
+    try {
+      const reason = document.getElementById("reason").value.trim() || "withdrawn on request";
+      await get("/admin/withdraw", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ participant: q.id, reason: reason }) });
+      refresh();
+    } catch (e) { showError(e.message); }
+  });
+  return b;
 }
 
 async function refresh() {
@@ -37,8 +63,11 @@ async function refresh() {
     document.querySelector("#images tbody").replaceChildren(...Object.entries(p.images).map(
       ([img, n]) => row([img, n.selection, n.annotation, n.catch])));
     document.querySelector("#people tbody").replaceChildren(...p.per_participant.map((q) => row([
-      q.id, q.created_at, q.updated_at, q.answered + " / " + q.trials, q.submitted_at || "no",
-      q.catch_total ? q.catch_passed + " / " + q.catch_total : "–"])));
+      q.id, q.status, q.condition || "–", Object.entries(q.panel || {}).map(([k, v]) => k + "=" + v).join(" ") || "–",
+      q.created_at, q.updated_at, q.answered + " / " + q.trials, q.submitted_at || "no",
+      q.catch_total ? q.catch_passed + " / " + q.catch_total : "–", withdrawButton(q)])));
+    document.querySelector("#withdrawals tbody").replaceChildren(...p.withdrawals.map((w) => row([
+      w.participant_id, w.withdrawn_at, String(w.answers_removed), w.reason])));
   } catch (e) { showError(e.message); }
 }
 

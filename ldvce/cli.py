@@ -579,7 +579,7 @@ _script_command("study serve", "study.serve.server",
 # ------------------------------------------------------------------------------------ demo
 @CLI.command("demo")
 def demo(*, out: str | None = None, quick: bool = False, retrain: bool = False,
-         spurious: bool = False) -> dict:
+         spurious: bool = False, data_seed: int | None = None, n: int | None = None) -> dict:
     """The whole pipeline on the toy world; writes overview.png, report.html.
 
     Parameters
@@ -596,10 +596,17 @@ def demo(*, out: str | None = None, quick: bool = False, retrain: bool = False,
         Instead: a classifier trained where every smiling face wears a hat vs the clean toy
         ResNet, exposed by their counterfactuals, LRP and CRP and scored on the toy world's
         ground truth (overview.png, report.html, summary.json with a "spurious" block).
+    data_seed : int
+        With --spurious: the seed of the unseen test world the faces come from (default 7).
+    n : int
+        With --spurious: how many faces to flip (default 12; 4 with --quick).
     """
     if spurious:  # the Clever Hans experiment: ldvce/spurious.py
         from ldvce.spurious import run_demo as run_spurious
-        return run_spurious(out or "runs/spurious", quick=quick, retrain=retrain)
+        return run_spurious(out or "runs/spurious", quick=quick, retrain=retrain,
+                            data_seed=data_seed, n=n)
+    if data_seed is not None or n is not None:
+        raise SystemExit("--data-seed and --n apply to --spurious only")
     from ldvce.demo import run_demo
     return run_demo(out or "runs/demo", quick=quick, retrain=retrain)
 

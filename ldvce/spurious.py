@@ -216,14 +216,15 @@ def pick_faces(models: dict, folder, n: int) -> list[int]:
     return rows[keep].tolist()[:n]
 
 
-def generate(run_dir, clf, ldm, folder, rows, method: str = "guided", options: dict | None = None,
+def generate(run_dir, clf, ldm, folder, rows, method: str | None = None, options: dict | None = None,
              batch_size: int = 16, name: str = "", progress: bool = True) -> dict:
     """Counterfactuals (target: smiling) of dataset ``rows`` into a fresh run folder, with the
     sampler's own defaults unless ``options`` are given; returns the run summary."""
     import toyfaces
     from classifier.attributes import attribute_index
     from dvce import runner
-    from dvce.samplers import Problem
+    from dvce.samplers import DEFAULT_METHOD, Problem
+    method = method or DEFAULT_METHOD
     run_dir = Path(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: stale items of other rows or models
     lmdb, attr = toyfaces.paths(folder)
@@ -403,7 +404,7 @@ def crp_analysis(clf, run_dir, masks: dict, reference_data, out_dir, top: int = 
 
 def run_experiment(out="runs/spurious", n_images: int = 16, strength: float = STRENGTH,
                    data_seed: int = TEST_SEED, data_size: int = TEST_SIZE,
-                   method: str = "guided", options: dict | None = None, crp: bool = True,
+                   method: str | None = None, options: dict | None = None, crp: bool = True,
                    n_reference: int = 200, max_pairs: int | None = 8, figure: bool = True,
                    biased=None, clean=None, progress: bool = False) -> dict:
     """The whole experiment into ``out``; returns the summary (also ``out/summary.json``).
@@ -415,7 +416,8 @@ def run_experiment(out="runs/spurious", n_images: int = 16, strength: float = ST
     n_images : not-smiling, hat-less faces of the unseen folder that both classifiers flip.
     strength : the planted correlation of the biased classifier's training data.
     data_seed, data_size : the unseen test world (both test sets are rendered from it).
-    method, options : the counterfactual sampler and its options (default: its own defaults).
+    method, options : the counterfactual sampler (default: ``DEFAULT_METHOD``) and its options
+        (default: its own defaults).
     crp : also run the CRP analysis (local pairs, concept regions, reference images).
     n_reference : faces of the correlated test set searched for CRP reference images.
     max_pairs : original/counterfactual pairs the CRP local analysis draws and ranks concepts
@@ -425,11 +427,13 @@ def run_experiment(out="runs/spurious", n_images: int = 16, strength: float = ST
     """
     from classifier.models import load_classifier
     from dvce.ldm import load_ldm
+    from dvce.samplers import DEFAULT_METHOD
     from ldvce.explain import explain_run
     from ldvce.toyworld import toy_classifier
     import toyfaces
 
     t0 = time.perf_counter()
+    method = method or DEFAULT_METHOD
 
     def say(msg):
         _step(f"{msg} [{time.perf_counter() - t0:.0f} s]")
@@ -721,12 +725,16 @@ def write_report(out, summary: dict) -> Path:
     return doc.write_html(Path(out) / "report.html")
 
 
-def run_demo(out="runs/spurious", quick: bool = False, retrain: bool = False) -> dict:
+def run_demo(out="runs/spurious", quick: bool = False, retrain: bool = False,
+             data_seed: int | None = None, n: int | None = None) -> dict:
     """``ldvce demo --spurious``: :func:`run_experiment` with the demo's settings, printing where
     the files are. ``retrain``: train the biased classifier here instead of using the shipped
-    weights (the clean one and the oracle are shipped as in the main demo)."""
+    weights (the clean one and the oracle are shipped as in the main demo). ``data_seed`` and
+    ``n``: the unseen test world (default seed 7, 400 faces) and how many faces to flip
+    (default 12, 4 with ``quick``)."""
     biased = biased_classifier(retrain=True, quiet=False) if retrain else None
-    summary = run_experiment(out, n_images=4 if quick else 12, biased=biased,
+    summary = run_experiment(out, n_images=n or (4 if quick else 12), biased=biased,
+                             data_seed=TEST_SEED if data_seed is None else data_seed,
                              n_reference=64 if quick else 200, progress=False)
     for name in ("overview.png", "report.html", "summary.json"):
         print(f"  {Path(out) / name}")

@@ -110,6 +110,30 @@ def format_row(r: dict) -> str:
             f"{r['l1']:.4f}  {r['seconds_per_image']:.2f} s/img  {extra}")
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """A markdown table of result rows (both kinds: a classifier's, the Clever-Hans pair's)."""
+    out = ["| classifier | seed | n | method, options | flip | oracle agreement | localisation "
+           "| MNAC | L1 | hat-most (biased / clean) | oracle sees hat | s/img | attempts | noise levels |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        how = r["method"] + (" " + json.dumps(r["options"]) if r["options"] else "")
+        if "biased" in r:
+            b, c = r["biased"], r["clean"]
+            out.append(f"| Clever Hans biased / clean | {r['seed']} | {r['n']} | {how} | "
+                       f"{b['flip_rate']:.3f} / {c['flip_rate']:.3f} | | | | {b['l1']:.4f} / "
+                       f"{c['l1']:.4f} | {b['hat_change_rate']:.3f} / {c['hat_change_rate']:.3f} | "
+                       f"{b['oracle_hat_flip_rate']:.3f} | {b['seconds_per_image']:.2f} / "
+                       f"{c['seconds_per_image']:.2f} | | |")
+            continue
+        info = r.get("sampler_info") or {}
+        fmt = lambda d: ", ".join(f"{k}: {v}" for k, v in d.items()) if d else ""  # noqa: E731
+        out.append(f"| {r['classifier']} | {r['seed']} | {r['n']} | {how} | {r['flip']:.3f} | "
+                   f"{r['agreement']:.3f} | {r['localization']:.3f} | {r['mnac']:.3f} | "
+                   f"{r['l1']:.4f} | | | {r['seconds_per_image']:.2f} | "
+                   f"{fmt(info.get('attempts'))} | {fmt(info.get('t_start'))} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--classifier", default="toy_resnet",
@@ -121,7 +145,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", default=None, help="append the row to this JSON-lines file")
+    p.add_argument("--table", default=None,
+                   help="instead: print the rows of this JSON-lines file as a markdown table")
     a = p.parse_args(argv)
+    if a.table:
+        with open(a.table) as f:
+            print(markdown_table([json.loads(line) for line in f if line.strip()]))
+        return 0
     import torch
     torch.set_num_threads(1)
     if a.classifier == "clever_hans":

@@ -581,9 +581,9 @@ def _prune(state: SampleState, idx: torch.Tensor, out: PassResult, region: torch
 
 
 def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
-             levels: tuple[int, ...] = (400, 600, 800), scale: float = 0.6,
+             levels: tuple[int, ...] = (300, 500, 700, 900), scale: float = 0.3,
              l1_weight: float = 1.0, num_steps: int = 10, pre_t: int = 800,
-             pre_steps: int = 5, pre_scale: float = 2.0, pre_views: int = 4,
+             pre_steps: int = 5, pre_scale: float = 2.0, pre_views: int = 1,
              region: bool = True, evidence_from: str = "attribution",
              region_threshold: float = 0.4, region_grow: float = 0.6, scale_grow: float = 2.0,
              region_dilate: bool = False, margin: float = 3.0,
@@ -594,21 +594,29 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
 
     1. **Where** (``region``): a pre-explanation (ACE, Jeanneret et al. CVPR 2023) — a short
        unmasked guided pass from ``pre_t`` on a coarse grid — shows what the classifier needs
-       changed on this face; its change against the unguided round trip from the same noise
-       level, smoothed on the latent grid, gives the edit region: every position with at least
-       ``region_threshold`` × the largest change. A local cue (a mouth) gives a small region, a
-       large one (a hat) a large region. The threshold is multiplied by ``region_grow`` after
-       each attempt that did not flip robustly, so the region grows only while it must.
+       changed on this face. The evidence is how much each pixel of that change moved the
+       target logit (integrated gradients; ``evidence_from``); smoothed on the latent grid, it
+       gives the edit region: every position with at least ``region_threshold`` × the largest
+       evidence. A local cue (a mouth) gives a small region, a large one a large region. The
+       threshold is multiplied by ``region_grow`` after each attempt that did not flip
+       robustly, so the region grows only while it must.
     2. **How much noise**: the first attempt starts at the lowest of ``levels``; a face that did
-       not flip robustly gets the next level (and the grown region); each attempt is one guided
-       pass (as :func:`guided`, at ``scale``, through ``views`` views) with the region fixed,
-       the original trajectory kept outside it and the original pixels outside it at the end.
+       not flip robustly gets the next level, the grown region and ``scale_grow`` × the
+       guidance scale; each attempt is one guided pass (as :func:`guided`, through ``views``
+       views) with the region fixed, the original trajectory kept outside it and the original
+       pixels outside it at the end.
     3. **Robust, not adversarial**: an attempt counts only when the logit passed the boundary
        by ``margin``, every one of the ``views`` views is on the target side
-       (``check_views``), and the flip survives re-noising (the counterfactual inverted to
-       ``renoise_t`` and denoised back, original pixels outside the region; ``renoise_t`` 0 =
-       no check). Otherwise the next attempt runs; after the last one the first attempt that
-       flipped at all is kept (as :func:`guided` does below its margin).
+       (``check_views``), and the flip survives re-noising (``check_renoise``: the
+       counterfactual inverted to ``renoise_t`` and denoised back, original pixels outside the
+       region). Otherwise the next attempt runs; after the last one the first attempt that
+       flipped at all is kept (as :func:`guided` does below its margin). With ``prune``, parts
+       of the region an accepted flip does not need are then put back to the original.
+
+    Measured (docs/results_adaptive.md): on 48 faces of an unseen toy seed it flips every face
+    with oracle agreement 0.98 for the toy ResNet, the plain toy ResNet18 and the toy MLP, most
+    faces in the first attempt at t = 300; it does not bring MNAC to 0.30 on the toy ResNet, nor
+    show the hat of the Clever-Hans classifier.
 
     ``info``: per face the ``attempts`` run, the noise level ``t_start`` of the kept result, the
     ``region_fraction`` of the image it edited and whether it was ``robust``.
@@ -639,7 +647,7 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         change (integrated gradients, positive part); ``change``: the plain change |x̂′ − x̂|
         against the unguided round trip (ACE).
     region_threshold : float
-        Share of the largest smoothed change a latent position needs to be in the region.
+        Share of the largest smoothed evidence a latent position needs to be in the region.
     region_grow : float
         Factor on the threshold after each attempt that did not flip robustly (< 1 grows).
     scale_grow : float

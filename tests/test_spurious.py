@@ -159,6 +159,9 @@ def test_demo_has_a_spurious_flag():
     assert command.path == ("demo",) and kw["spurious"] and kw["quick"] and kw["out"] is None
     _, kw = parse(CLI, build_parser(["demo"]), ["demo"])
     assert not kw["spurious"]
+    argv = ["demo", "--spurious", "--data-seed", "7272", "--n", "24"]
+    _, kw = parse(CLI, build_parser(argv), argv)
+    assert kw["data_seed"] == 7272 and kw["n"] == 24
 
 
 def test_biased_classifier_is_shipped_and_retrains_with_the_toy_recipe(tmp_path, monkeypatch):

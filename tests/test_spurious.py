@@ -141,7 +141,8 @@ def test_unseen_faces_answer_key_clean_counterfactuals_and_lrp(unseen):
 
 @pytest.mark.xfail(strict=True, reason="measured: the guided sampler (defaults) hides the cue; "
                    "the biased classifier's counterfactuals change the mouth, not the hat "
-                   "(README, 'What counterfactuals are for')")
+                   "(README, 'What counterfactuals are for'); the adaptive sampler does not reach "
+                   "it either (docs/results_adaptive.md)")
 def test_biased_counterfactuals_put_most_change_on_the_hat(unseen):
     """The issue's target: the biased classifier's counterfactuals change the hat in >= 90 %
     of faces and the oracle sees the hat. Strict xfail: passing would mean a sampler now shows

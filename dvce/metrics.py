@@ -159,6 +159,13 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
     metrics["attribute"] = attribute
     metrics["per_image"] = {it.image_id: {k: float(v[i]) for k, v in per.items()}
                             for i, it in enumerate(items)}
+    from dvce.runner import info_distributions
+    dist = info_distributions([it.result for it in items])
+    if dist:  # the sampler's per-image choices (e.g. attempts and noise level), as counts
+        metrics["sampler_info"] = dist
+        for it in items:
+            if "sampler_info" in it.result:
+                metrics["per_image"][it.image_id]["sampler_info"] = it.result["sampler_info"]
     if oracle is not None:  # MNAC explained: which attributes the oracle saw change, and how often
         for i, it in enumerate(items):
             metrics["per_image"][it.image_id]["oracle_changed"] = changed[i]

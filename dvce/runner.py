@@ -99,8 +99,41 @@ def write_result_folder(out: Path, image_id: str, x: torch.Tensor, res: CFBatch,
                        for k, v in enumerate(logits)],
             "seconds": seconds, **settings,
         }
+        info = sampler_info(res.info, i, len(res.flipped))
+        if info:
+            result["sampler_info"] = info
         rf.write_result(tmp, result)
     return result
+
+
+def sampler_info(info: dict, i: int, n: int) -> dict:
+    """Sample ``i``'s plain values of a sampler's ``CFBatch.info``: per-sample lists of length
+    ``n`` (e.g. the guided ``scale``, the adaptive ``attempts`` and ``t_start``) and scalars
+    (e.g. ``num_steps``); tensors such as masks are written separately."""
+    plain = (bool, int, float, str)
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, list) and len(v) == n and isinstance(v[i], plain):
+            out[k] = v[i]
+        elif isinstance(v, plain):
+            out[k] = v
+    return out
+
+
+def info_distributions(results: list[dict]) -> dict:
+    """Over result dicts: for each per-image ``sampler_info`` key, the count of each value
+    (``{"attempts": {"1": 40, "2": 8}, "t_start": {"400": 40, …}}``) when it takes few distinct
+    values (integers, booleans), else its mean."""
+    from collections import Counter
+    keys = sorted({k for r in results for k in r.get("sampler_info", {})})
+    out = {}
+    for k in keys:
+        vals = [r["sampler_info"][k] for r in results if k in r.get("sampler_info", {})]
+        if all(isinstance(v, (bool, int, str)) for v in vals):
+            out[k] = {str(v): c for v, c in sorted(Counter(vals).items(), key=lambda e: str(e[0]))}
+        else:
+            out[k] = {"mean": float(np.mean(vals))}
+    return out
 
 
 def rewrite_manifest(out: Path, order: list[str], extra: dict[str, dict]) -> dict[str, dict]:
@@ -135,6 +168,9 @@ def summarize(out: Path, method: str, settings: dict) -> dict:
         "seconds_per_image": float(np.mean([r["seconds"] for r in vals])) if vals else None,
         "method": method, "settings": settings,
     }
+    dist = info_distributions(vals)
+    if dist:
+        summary["sampler_info"] = dist
     rf.write_summary(out, summary)
     return summary
 

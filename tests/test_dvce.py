@@ -39,7 +39,8 @@ def _images(n, seed=0, level=-0.2):
 
 QUICK = {"seed": dict(max_iter=2, num_steps=20, t_start=200),
          "guided": dict(num_steps=20, t_start=200, retry_scales=()),
-         "dime": dict(num_steps=20, t_start=100, retry_scales=())}
+         "dime": dict(num_steps=20, t_start=100, retry_scales=()),
+         "adaptive": dict(num_steps=20, levels=(100, 200), pre_t=200, pre_steps=5, renoise_t=50)}
 
 
 @pytest.mark.parametrize("method", sorted(SAMPLERS))
@@ -264,3 +265,55 @@ def test_a_try_that_flipped_below_the_margin_is_kept_when_the_last_does_not_flip
     assert state.flipped.tolist() == [True] and int(state.iterations[0]) == 1
     assert torch.equal(state.counterfactual[0], flipped_try[0])
     assert rec.logits[0][-1] == pytest.approx(0.1) and torch.equal(rec.frames[0][-1], flipped_try[0])
+
+
+def test_adaptive_starts_low_raises_the_noise_only_for_faces_that_need_it(problem):
+    """Attempts run at rising noise levels for the samples not yet robustly flipped, and the
+    per-sample attempts, noise level, region and robustness are reported."""
+    x = torch.cat([_images(1, seed=5, level=-0.3), _images(1, seed=6, level=-0.9)])
+    t = torch.ones(2)
+    opts = dict(num_steps=20, levels=(100, 150, 200), pre_t=200, pre_steps=5, renoise_t=50)
+    r = get_sampler("adaptive")(problem, x, t, **opts)
+    assert set(r.info) >= {"attempts", "t_start", "region_fraction", "robust", "mask"}
+    levels = opts["levels"]
+    for k in range(2):  # a robust result comes from the attempt that ran last, at its level
+        assert 1 <= r.info["attempts"][k] <= 3 and r.info["t_start"][k] in levels
+        if r.info["robust"][k]:
+            assert r.info["t_start"][k] == levels[r.info["attempts"][k] - 1]
+    assert all(0 < f <= 1 for f in r.info["region_fraction"])
+    # a check nothing passes (an unreachable margin) runs every attempt
+    strict = get_sampler("adaptive")(problem, x, t, margin=1e6, **opts)
+    assert strict.info["attempts"] == [3, 3] and strict.info["robust"] == [False, False]
+    with pytest.raises(ValueError, match="evidence_from"):
+        get_sampler("adaptive")(problem, x, t, evidence_from="nope", **opts)
+
+
+def test_adaptive_region_follows_the_evidence_and_its_parts_are_found():
+    from dvce.samplers import _components, _evidence_region
+    delta = torch.zeros(2, 1, 64, 64)
+    delta[0, :, 40:48, 24:40] = 1.0           # one compact change
+    delta[1, :, 4:20, 8:56] = 1.0             # a large one …
+    delta[1, :, 40:48, 24:40] = 0.8           # … and a second part
+    m = _evidence_region(delta, (16, 16), 0.5)
+    assert 0 < m[0].mean() < m[1].mean()      # the region's size follows the change
+    parts = _components(m[1])
+    assert len(parts) == 2 and torch.equal(sum(parts), m[1])
+    assert len(_components(m[0])) == 1
+
+
+def test_run_folder_records_the_sampler_choices_per_image(problem, tmp_path):
+    """CFBatch.info's per-sample values go to result.json (``sampler_info``) and their counts to
+    summary.json and metrics.json."""
+    from dvce.metrics import evaluate_run
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, x in enumerate(_images(2)):
+        Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)).save(folder / f"img{i}.png")
+    out = tmp_path / "out"
+    summary = runner.run(runner.folder_items(folder, 64), problem, out, method="adaptive",
+                         batch_size=2, options=QUICK["adaptive"], progress=False)
+    r = json.loads((out / "img0" / "result.json").read_text())
+    assert set(r["sampler_info"]) >= {"attempts", "t_start", "robust", "num_steps"}
+    dist = summary["sampler_info"]
+    assert sum(dist["attempts"].values()) == 2 and set(dist["t_start"]) <= {"100", "200"}
+    assert evaluate_run(out)["sampler_info"]["attempts"] == dist["attempts"]

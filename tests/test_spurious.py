@@ -144,7 +144,8 @@ def test_unseen_faces_answer_key_clean_counterfactuals_and_lrp(unseen):
 @pytest.mark.integration
 @pytest.mark.xfail(strict=True, reason="measured: the guided sampler (defaults) hides the cue; "
                    "the biased classifier's counterfactuals change the mouth, not the hat "
-                   "(README, 'What counterfactuals are for')")
+                   "(docs/results.md, 'What counterfactuals are for'); the adaptive sampler does not reach "
+                   "it either (docs/results_adaptive.md)")
 def test_biased_counterfactuals_put_most_change_on_the_hat(unseen):
     """The issue's target: the biased classifier's counterfactuals change the hat in >= 90 %
     of faces and the oracle sees the hat. Strict xfail: passing would mean a sampler now shows
@@ -162,6 +163,9 @@ def test_demo_has_a_spurious_flag():
     assert command.path == ("demo",) and kw["spurious"] and kw["quick"] and kw["out"] is None
     _, kw = parse(CLI, build_parser(["demo"]), ["demo"])
     assert not kw["spurious"]
+    argv = ["demo", "--spurious", "--data-seed", "7272", "--n", "24"]
+    _, kw = parse(CLI, build_parser(argv), argv)
+    assert kw["data_seed"] == 7272 and kw["n"] == 24
 
 
 def test_biased_classifier_is_shipped_and_retrains_with_the_toy_recipe(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ def _config(name):
     return yaml.safe_load((REPO / "configs" / "classifier" / f"{name}.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["toy_resnet", "toy_oracle"])
+@pytest.mark.parametrize("name", ["toy_resnet", "toy_oracle", "toy_resnet18"])
 def test_shipped_weights_are_what_the_configs_train(name):
     """The shipped file is returned by default, loads without Lightning, and holds the
     architecture its config builds (so ``retrain=True`` trains the same network)."""
@@ -69,3 +69,18 @@ def test_retrain_trains_with_the_config_and_caches_the_result(tmp_path, monkeypa
     assert toyworld.toy_classifier("toy_oracle") == toyworld.shipped_classifier("toy_oracle")
     with pytest.raises(KeyError, match="toy_resnet"):
         toyworld.toy_classifier("toy_nope")
+
+
+def test_toy_resnet18_is_a_plain_resnet18_unlike_the_oracle():
+    """The non-local toy classifier: torchvision's ResNet18 (7×7 stem, stride 32, global average
+    pooling) with another width and seed than the oracle's."""
+    from classifier import load_classifier
+    from classifier.models import receptive_field
+    from toyfaces.world import shipped_classifier
+    r18 = load_classifier(shipped_classifier("toy_resnet18"))
+    assert r18.hparams.arch == "resnet18" and r18.hparams.stem == "imagenet"
+    assert r18.hparams.get("pool", "avg") == "avg" and not r18.hparams.get("pointwise_stages")
+    assert receptive_field(r18.net, 1024) > 400
+    r18_cfg, oracle_cfg = _config("toy_resnet18"), _config("toy_oracle")
+    assert r18_cfg["seed_everything"] != oracle_cfg["seed_everything"]
+    assert r18_cfg["model"]["init_args"]["width"] != oracle_cfg["model"]["init_args"]["width"]

@@ -31,6 +31,7 @@ CONFIGS = REPO / "configs" / "classifier"
 TOY_CLASSIFIERS = {
     "toy_resnet": "toy_resnet.yaml",
     "toy_linear": "toy_linear.yaml",
+    "toy_resnet18": "toy_resnet18.yaml",
     "toy_oracle": "toy_oracle.yaml",
 }
 TRAIN_DATA = ("toy-train", 12000, 1)

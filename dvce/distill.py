@@ -28,7 +28,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from classifier.evaluate import dataset_for
 from classifier.images import load_folder
 from dvce.diffusion import decode, encode
 from dvce.ldm import LDM, load_ldm
@@ -117,10 +116,11 @@ def load_grad_decoder(folder, device="cpu") -> SmallDecoder:
 def resolve_grad_decoder(ldm: LDM, spec: str | None, ldm_folder=None):
     """The module to take the gradient through: ``None`` for ``"full"`` (the VQ decoder),
     a loaded :class:`SmallDecoder` for a folder, and for ``"auto"`` the LDM folder's
-    ``grad_decoder/`` when it has one (else ``None``)."""
+    (``ldm_folder``, default ``ldm.folder``) ``grad_decoder/`` when it has one (else ``None``)."""
     if spec in (None, "", "full"):
         return None
     if spec == "auto":
+        ldm_folder = ldm_folder or getattr(ldm, "folder", None)
         found = Path(ldm_folder) / GRAD_DECODER_DIR if ldm_folder else None
         return load_grad_decoder(found, ldm.device) if found and (found / CONFIG).exists() else None
     return load_grad_decoder(spec, ldm.device)
@@ -286,6 +286,7 @@ def evaluate_grad_decoder(model: nn.Module, ldm: LDM, latents: torch.Tensor,
 def read_images(data, n: int, size: int) -> torch.Tensor:
     """Up to ``n`` training images of ``data``: a dataset folder or an LMDB with its attribute
     file beside it (the ``train`` split), or a plain image folder (unreadable files skipped)."""
+    from classifier.evaluate import dataset_for  # heavy (Lightning); only when distilling
     data = Path(data)
     is_dataset = data.suffix == ".lmdb" or any(data.glob("*.lmdb"))
     if is_dataset:

@@ -85,6 +85,7 @@ class LDM:
     scheduler: object
     latent_scale: float
     source: str
+    folder: Path | None = None  # the diffusers folder it was loaded from (None: built in memory)
 
     @property
     def image_size(self) -> int:
@@ -204,7 +205,7 @@ def load_ldm(source: str | os.PathLike = COMPVIS_ID, device="cpu", dtype=None) -
     scale = latent_scale_of(folder / "vqvae" / "config.json", vqvae)
     vqvae.eval().requires_grad_(False)
     unet.eval().requires_grad_(False)
-    return LDM(vqvae, unet, scheduler, scale, desc).to(device)
+    return LDM(vqvae, unet, scheduler, scale, desc, Path(folder)).to(device)
 
 
 def build_random_ldm(vq_config: dict, unet_config: dict, latent_scale: float = 1.0,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from dvce.diffusion import (ddim_denoise, ddim_invert, ddim_step, decode, encode, predict_eps,
                             schedule)
+from dvce.distill import resolve_grad_decoder
 from dvce.ldm import LDM
 
 #: The method ``ldvce generate``, the demo and the benchmarks use unless told otherwise.
@@ -321,6 +322,7 @@ class Guidance:
     mask_from: int
     guide_tail: int
     views: int = 1
+    grad_decoder: torch.nn.Module | None = None  # decodes x̂0 for the gradient (None: the VQ decoder)
 
 
 @dataclass
@@ -334,7 +336,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
            retry_scales: tuple[float, ...] = (0.6, 1.2, 2.4), l1_weight: float = 1.0,
            num_steps: int = 10, t_start: int = 600, mask: bool = True,
            mask_fraction: float = 0.04, mask_dilate: int = 1, mask_from: int = 3,
-           guide_tail: int = 0, margin: float = 3.0, views: int = 4,
+           guide_tail: int = 0, margin: float = 3.0, views: int = 4, grad_decoder: str = "full",
            callback: Callable | None = None) -> CFBatch:
     """Latent guided DDIM: classifier guidance on the one-step estimate x̂0 with a self-optimised mask.
 
@@ -386,6 +388,11 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
     views : int
         Guide through this many fixed views of the decoded image (mirror, ±2-pixel shifts;
         1 = the image only), averaging the classifier loss over them.
+    grad_decoder : str
+        What x̂0 is decoded with for the gradient: full (the VQ decoder), a folder made by
+        `ldvce distill-decoder`, or auto (the LDM's own grad_decoder/ when it ships one, else
+        full). Final images are always decoded by the VQ decoder and the flip is checked on
+        them; the intermediate frames are the grad decoder's previews.
     callback : callable
         Receives each frame (see the module docstring); not a command-line option.
     """
@@ -398,7 +405,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
     used_scale = torch.zeros(b)
     pixel_masks = torch.zeros((b, 1, *state.x.shape[-2:]))
     options = Guidance(scale, l1_weight, mask, mask_fraction, mask_dilate, mask_from, guide_tail,
-                       views)
+                       views, resolve_grad_decoder(problem.ldm, grad_decoder))
     scales = (scale, *retry_scales)
     for attempt, s in enumerate(scales):
         todo = state.todo()
@@ -411,7 +418,8 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
         state.settle(todo, out.img, out.logit, (attempt + 1) * len(ts),
                      last=attempt == len(scales) - 1, margin=margin)
     return state.result(scale=used_scale.tolist(), mask=pixel_masks, t_start=t_start,
-                        num_steps=num_steps)
+                        num_steps=num_steps,
+                        grad_decoder="full" if options.grad_decoder is None else grad_decoder)
 
 
 def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
@@ -437,7 +445,8 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
             return None
         with torch.enable_grad():
             x0g = x0.detach().requires_grad_(True)
-            img = decode(ldm, x0g)
+            img = (decode(ldm, x0g) if g.grad_decoder is None
+                   else g.grad_decoder(x0g.float()))
             loss, logit = _classifier_loss(problem, img, x, target, g.l1_weight, g.views)
             grad, = torch.autograd.grad(loss.sum(), x0g)
         state.frame(frame0 + n, idx, img.clamp(-1, 1), logit, x0=x0)

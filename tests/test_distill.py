@@ -70,3 +70,66 @@ def test_distillation_learns_and_resumes(tiny_ldm, tmp_path):
     D.distill_decoder(tiny_ldm, train, tmp_path / "gd",
                       D.DistillConfig(**{**vars(cfg), "steps": 18}), held_out=held, progress=False)
     assert torch.load(tmp_path / "gd" / D.CHECKPOINT, weights_only=True)["step"] == 18
+
+
+def _tiny_problem(ldm):
+    from dvce.samplers import Problem
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.Flatten(),
+                              torch.nn.LazyLinear(40))
+    clf(torch.zeros(1, 3, ldm.image_size, ldm.image_size))
+    return Problem(ldm, clf.eval().requires_grad_(False), 31)
+
+
+def test_guided_takes_its_gradient_through_the_grad_decoder(tiny_ldm, tmp_path):
+    """``grad_decoder`` changes the gradient (so the counterfactual), never the final decoding:
+    with a grad decoder the result differs from the full decoder's, and the final image is the
+    VQ decoder's (its logit is the classifier's on it)."""
+    from dvce.samplers import get_sampler
+    D.save_grad_decoder(D.small_decoder_for(tiny_ldm, width=8), tmp_path / "gd")
+    problem = _tiny_problem(tiny_ldm)
+    x = torch.rand(2, 3, tiny_ldm.image_size, tiny_ldm.image_size) * 2 - 1
+    opts = dict(num_steps=10, t_start=200, retry_scales=(), views=1)
+    full = get_sampler("guided")(problem, x, torch.ones(2), **opts)
+    small = get_sampler("guided")(problem, x, torch.ones(2), grad_decoder=str(tmp_path / "gd"),
+                                  **opts)
+    assert full.info["grad_decoder"] == "full" and small.info["grad_decoder"] == str(tmp_path / "gd")
+    assert not torch.allclose(full.counterfactual, small.counterfactual)
+    assert torch.isfinite(small.counterfactual).all()
+    # "auto" on an LDM without a grad_decoder/ folder is the full decoder
+    auto = get_sampler("guided")(problem, x, torch.ones(2), grad_decoder="auto", **opts)
+    assert auto.info["grad_decoder"] == "full" and torch.equal(auto.counterfactual,
+                                                               full.counterfactual)
+    with pytest.raises(FileNotFoundError, match="not a grad decoder folder"):
+        get_sampler("guided")(problem, x, torch.ones(2), grad_decoder=str(tmp_path), **opts)
+
+
+def test_the_toy_ldm_ships_a_grad_decoder_that_auto_finds():
+    import toyfaces  # noqa: F401  (registers the toy LDM)
+    from dvce.ldm import load_ldm
+    ldm = load_ldm("toy")
+    gd = D.resolve_grad_decoder(ldm, "auto")
+    assert isinstance(gd, D.SmallDecoder)
+    z = torch.randn(2, *ldm.latent_shape)
+    assert gd(z).shape == decode(ldm, z).shape
+
+
+@pytest.mark.integration
+def test_guided_steps_at_256_with_a_fresh_small_decoder(tmp_path):
+    """The exact CompVis architectures (random weights) at 256²: a few guided steps whose
+    gradient goes through a freshly initialised small decoder, the final image through the VQ
+    decoder."""
+    from classifier.models import ResNet50Classifier
+    from dvce.ldm import COMPVIS_UNET_CONFIG, COMPVIS_VQ_CONFIG, build_random_ldm
+    from dvce.samplers import Problem, get_sampler
+    ldm = build_random_ldm(COMPVIS_VQ_CONFIG, COMPVIS_UNET_CONFIG)
+    gd = D.small_decoder_for(ldm, width=16)
+    assert gd.config.upsamples == 2 and gd(torch.randn(1, 3, 64, 64)).shape == (1, 3, 256, 256)
+    D.save_grad_decoder(gd, tmp_path / "gd")
+    clf = ResNet50Classifier(arch="resnet50").eval().requires_grad_(False)
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    out = get_sampler("guided")(Problem(ldm, clf, 31), x, torch.ones(1), num_steps=10,
+                                t_start=200, retry_scales=(), views=1,
+                                grad_decoder=str(tmp_path / "gd"))
+    assert out.counterfactual.shape == (1, 3, 256, 256)
+    assert torch.isfinite(out.counterfactual).all()

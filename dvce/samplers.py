@@ -682,47 +682,23 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         Receives each frame (see the module docstring); not a command-line option.
     """
     state = SampleState(problem, x, target, callback)
-    ldm = problem.ldm
     if not 1 <= views <= len(VIEWS):
         raise ValueError(f"views must be in 1..{len(VIEWS)}, got {views}")
     levels = tuple(sorted(levels))
     if not levels:
         raise ValueError("levels must name at least one noise level")
-    b = len(state.x)
-    latent_hw = None
-    evidence = None
+    evidence = latent_hw = None
     if region:  # the pre-explanation: a short unmasked guided pass at a higher noise level
-        pts = schedule(pre_t, pre_steps)
-        z_pre, traj_pre = _invert(state, pts)
-        pre = _guided_pass(state, torch.arange(b, device=state.x.device), z_pre, traj_pre, pts,
-                           Guidance(pre_scale, l1_weight, False, 0.0, 1, 0, 0, pre_views))
-        if evidence_from == "attribution":
-            evidence = _attribution(problem, state.x, pre.img, state.target)
-        elif evidence_from == "change":
-            evidence = (pre.img - state.reconstruction).abs().sum(1, keepdim=True)
-        else:
-            raise ValueError(f"evidence_from must be 'attribution' or 'change', got {evidence_from!r}")
-        latent_hw = tuple(z_pre.shape[-2:])
-    attempts = torch.zeros(b, dtype=torch.long)
-    used_t = torch.zeros(b, dtype=torch.long)
-    fraction = torch.ones(b)
-    robust = torch.zeros(b, dtype=torch.bool)
-    pixel_masks = torch.ones((b, 1, *state.x.shape[-2:]))
-    first_flip: dict[int, tuple] = {}
-    last_flipped = torch.zeros(b, dtype=torch.bool)
+        evidence, latent_hw = _pre_explanation(state, pre_t, pre_steps, pre_scale, pre_views,
+                                               l1_weight, evidence_from)
+    kept = _AttemptLog.empty(len(state.x), state.x.shape[-2:])
     iters = 0
     for k, t_start in enumerate(levels):
         todo = state.todo()
         if len(todo) == 0:
             break
         ts = schedule(t_start, num_steps)
-        with torch.no_grad():
-            z_T, traj = ddim_invert(ldm, encode(ldm, state.x[todo]), ts, keep=True)
-            if k == 0 and not region:
-                rec = decode(ldm, ddim_denoise(ldm, z_T, ts))
-                state.reconstruction = state.reconstruction.clone()
-                state.reconstruction[todo] = rec
-                state.frame(1, todo, rec, problem.logit(rec))
+        z_T, traj = _invert_attempt(state, todo, ts, reconstruct=k == 0 and not region)
         m = None
         if region:
             m = _evidence_region(evidence[todo], latent_hw, region_threshold * region_grow ** k)
@@ -731,38 +707,104 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         opts = Guidance(scale * scale_grow ** k, l1_weight, region, 0.0, 1, 0, 0, views)
         out = _guided_pass(state, todo, z_T, traj, ts, opts, region=m)
         iters += len(ts)
-        tgt = state.target[todo]
-        with torch.no_grad():
-            accept = _signed(out.logit, tgt) >= margin
-            if check_views:
-                for flip, dx, dy in VIEWS[1:views]:
-                    accept &= _signed(problem.logit(_view(out.img, flip, dx, dy)), tgt) > 0
-            if check_renoise and bool(accept.any()):
-                r = _renoised(ldm, out.img, renoise_t, num_steps)
-                r = out.mask * r + (1 - out.mask) * state.x[todo]
-                accept &= _signed(problem.logit(r), tgt) > 0
+        accept = _robust(state, todo, out, margin, views if check_views else 1,
+                         renoise_t if check_renoise else 0, num_steps)
         if prune and m is not None and bool(accept.any()):
             out = _prune(state, todo, out, m, evidence[todo], accept, margin, views,
                          renoise_t if check_renoise else 0, num_steps, 2 + len(ts))
-        rows = todo.cpu()
-        flipped = _toward(out.logit, tgt).cpu()
-        frac = (out.mask > 0.5).float().flatten(1).mean(1).cpu()  # share of the image edited
-        pm = out.mask.cpu().to(pixel_masks.dtype)
-        for j, i in enumerate(rows.tolist()):
-            attempts[i] = k + 1
-            robust[i], last_flipped[i] = bool(accept[j]), bool(flipped[j])
-            # the result kept: this attempt, unless it did not flip and an earlier one did
-            if bool(flipped[j]) or i not in first_flip:
-                used_t[i], fraction[i], pixel_masks[i] = t_start, frac[j], pm[j]
-            if bool(flipped[j]) and i not in first_flip:
-                first_flip[i] = (t_start, frac[j], pm[j])
+        kept.record(todo.cpu(), k, t_start, out, accept, _toward(out.logit, state.target[todo]))
         state.settle(todo, out.img, out.logit, iters, last=k == len(levels) - 1, accept=accept)
-    for i, (t_kept, f_kept, m_kept) in first_flip.items():
-        if not robust[i] and not last_flipped[i]:  # settle fell back to the first flip
-            used_t[i], fraction[i], pixel_masks[i] = t_kept, f_kept, m_kept
-    return state.result(attempts=attempts.tolist(), t_start=used_t.tolist(),
-                        region_fraction=fraction.tolist(), robust=robust.tolist(),
-                        mask=pixel_masks, num_steps=num_steps)
+    kept.fall_back_to_first_flips()
+    return state.result(attempts=kept.attempts.tolist(), t_start=kept.t_start.tolist(),
+                        region_fraction=kept.fraction.tolist(), robust=kept.robust.tolist(),
+                        mask=kept.masks, num_steps=num_steps)
+
+
+def _pre_explanation(state: SampleState, pre_t: int, pre_steps: int, pre_scale: float,
+                     pre_views: int, l1_weight: float, evidence_from: str):
+    """:func:`adaptive`'s step 1: a short unmasked guided pass from ``pre_t`` and the evidence
+    it gives per pixel ((B, 1, H, W)), with the latent grid's size."""
+    problem = state.problem
+    pts = schedule(pre_t, pre_steps)
+    z_pre, traj_pre = _invert(state, pts)
+    pre = _guided_pass(state, torch.arange(len(state.x), device=state.x.device), z_pre,
+                       traj_pre, pts, Guidance(pre_scale, l1_weight, False, 0.0, 1, 0, 0, pre_views))
+    if evidence_from == "attribution":
+        evidence = _attribution(problem, state.x, pre.img, state.target)
+    elif evidence_from == "change":
+        evidence = (pre.img - state.reconstruction).abs().sum(1, keepdim=True)
+    else:
+        raise ValueError(f"evidence_from must be 'attribution' or 'change', got {evidence_from!r}")
+    return evidence, tuple(z_pre.shape[-2:])
+
+
+def _invert_attempt(state: SampleState, todo: torch.Tensor, ts: list[int], reconstruct: bool):
+    """The samples ``todo`` inverted to ``ts[-1]`` (start latents and trajectory); with
+    ``reconstruct`` (first attempt without a pre-explanation) their round trip is frame 1."""
+    ldm, problem = state.problem.ldm, state.problem
+    with torch.no_grad():
+        z_T, traj = ddim_invert(ldm, encode(ldm, state.x[todo]), ts, keep=True)
+        if reconstruct:
+            rec = decode(ldm, ddim_denoise(ldm, z_T, ts))
+            state.reconstruction = state.reconstruction.clone()
+            state.reconstruction[todo] = rec
+            state.frame(1, todo, rec, problem.logit(rec))
+    return z_T, traj
+
+
+@torch.no_grad()
+def _robust(state: SampleState, todo: torch.Tensor, out: PassResult, margin: float, views: int,
+            renoise_t: int, num_steps: int) -> torch.Tensor:
+    """(b,) bool: the attempt's logit passed the boundary by ``margin``, every one of the
+    ``views`` views is on the target side, and (``renoise_t`` > 0) the flip survives re-noising
+    to ``renoise_t`` and back with the original pixels outside the edited region."""
+    problem, tgt = state.problem, state.target[todo]
+    accept = _signed(out.logit, tgt) >= margin
+    for flip, dx, dy in VIEWS[1:views]:
+        accept &= _signed(problem.logit(_view(out.img, flip, dx, dy)), tgt) > 0
+    if renoise_t and bool(accept.any()):
+        r = _renoised(problem.ldm, out.img, renoise_t, num_steps)
+        r = out.mask * r + (1 - out.mask) * state.x[todo]
+        accept &= _signed(problem.logit(r), tgt) > 0
+    return accept
+
+
+@dataclass
+class _AttemptLog:
+    """What :func:`adaptive` reports per face: attempts run, and the noise level, edited share
+    and pixel mask of the result kept (this attempt's, unless it did not flip and an earlier
+    one did: the state falls back to the first flip)."""
+    attempts: torch.Tensor
+    t_start: torch.Tensor
+    fraction: torch.Tensor
+    robust: torch.Tensor
+    masks: torch.Tensor
+    last_flipped: torch.Tensor
+    first_flip: dict = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, b: int, hw) -> "_AttemptLog":
+        return cls(torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long),
+                   torch.ones(b), torch.zeros(b, dtype=torch.bool), torch.ones((b, 1, *hw)),
+                   torch.zeros(b, dtype=torch.bool))
+
+    def record(self, rows: torch.Tensor, k: int, t_start: int, out: PassResult,
+               accept: torch.Tensor, flipped: torch.Tensor) -> None:
+        flipped = flipped.cpu()
+        frac = (out.mask > 0.5).float().flatten(1).mean(1).cpu()  # share of the image edited
+        pm = out.mask.cpu().to(self.masks.dtype)
+        for j, i in enumerate(rows.tolist()):
+            self.attempts[i] = k + 1
+            self.robust[i], self.last_flipped[i] = bool(accept[j]), bool(flipped[j])
+            if bool(flipped[j]) or i not in self.first_flip:
+                self.t_start[i], self.fraction[i], self.masks[i] = t_start, frac[j], pm[j]
+            if bool(flipped[j]) and i not in self.first_flip:
+                self.first_flip[i] = (t_start, frac[j], pm[j])
+
+    def fall_back_to_first_flips(self) -> None:
+        for i, (t_kept, f_kept, m_kept) in self.first_flip.items():
+            if not self.robust[i] and not self.last_flipped[i]:  # settle kept the first flip
+                self.t_start[i], self.fraction[i], self.masks[i] = t_kept, f_kept, m_kept
 
 
 # ------------------------------------------------------------------------------------------------

@@ -109,7 +109,10 @@ class Participant:
         return self.d.execute_script(script, *args)
 
     def task_number(self) -> int | None:
-        m = re.match(r"Task (\d+) of (\d+)", self.by("#progress").text)
+        # Read in one script: the page re-renders between a find and a .text, and Chromium then answers
+        # with a generic inspector error rather than a stale-element one the wait would ignore.
+        text = self.js("const e = document.getElementById('progress'); return e ? e.textContent : '';")
+        m = re.match(r"Task (\d+) of (\d+)", text or "")
         return int(m.group(1)) if m else None
 
     def trial(self) -> str:

@@ -697,6 +697,62 @@ def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, 
         raise SystemExit(f"ldvce shortcut: {e}")
 
 
+# ---------------------------------------------------------------------------------------- xai
+CLI.group("xai", "attribution methods compared: ground truth, faithfulness, sanity, humans")
+
+
+@CLI.command("xai compare")
+def xai_compare(*, classifier: str, data: str | None = None, n: int = 32, out: str,
+                methods: str | None = None, metrics: str | None = None,
+                attribute: str = "Smiling", region: str | None = None,
+                faces_with: str | None = None, run: str | None = None,
+                hrh_export: str | None = None, bootstrap: int = 1000,
+                device: str = "auto") -> dict:
+    """Which heatmap to trust: methods x metrics (compare.json/.csv, grid.png, report.html).
+
+    Parameters
+    ----------
+    classifier : str
+        Classifier checkpoint or registered name.
+    data : str
+        A toyfaces folder (ground-truth masks; default: the toy world's unseen test set), or
+        with --hrh-export the folder of the study's images.
+    n : int
+        Faces (the folder's first rows).
+    out : str
+        Output folder.
+    methods : str
+        Comma-separated methods of xai.attributions.METHODS (default:
+        epsilon_plus_flat,gradient,gradcam,occlusion,cf_delta).
+    metrics : str
+        Comma-separated metric groups: localisation, faithfulness, sanity, humans (default all).
+    attribute : str
+        Attribute whose decision is explained.
+    region : str
+        Ground-truth region scored (default: the attribute's), e.g. Wearing_Hat.
+    faces_with : str
+        Only faces labelled with this attribute, e.g. Wearing_Hat.
+    run : str
+        Run folder with the faces' counterfactuals (default: made with the default sampler).
+    hrh_export : str
+        A real study's export CSV: score against its HRHs (images from --data).
+    bootstrap : int
+        Bootstrap resamples of the faces for the 95 % intervals.
+    device : str
+        auto, cpu, cuda or cuda:N.
+    """
+    from experiments.compare.data import CompareConfig
+    from experiments.compare.run import run_compare
+    try:
+        config = CompareConfig(attribute=attribute, region=region, faces_with=faces_with,
+                               n_bootstrap=bootstrap)
+        return run_compare(classifier, out, data=data, n=n, methods=methods, metrics=metrics,
+                           run=run, hrh_export=hrh_export, config=config,
+                           device=_device(device))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise SystemExit(f"ldvce xai compare: {e}")
+
+
 # -------------------------------------------------------------------------------------- study
 CLI.group("study", "user study: serve it in a browser, evaluate its export")
 

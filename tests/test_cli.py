@@ -64,6 +64,7 @@ def test_every_command_parses_into_its_function_signature():
         ("demo",): ["--quick"],
         ("shortcut",): ["--classifier", "c", "--cue", "Wearing_Hat", "--editor", "e", "--data", "d",
                         "--out", "o", "--options", '{"t_start": 800}'],
+        ("xai", "compare"): ["--classifier", "c", "--out", "o", "--methods", "gradient", "--n", "4"],
         ("bench", "generate"): ["--n", "2", "--gpu"],
         ("bench", "ldm"): ["--n", "2"],
         ("bench", "lrp"): ["--composites", "lrp0", "--json", "j"],

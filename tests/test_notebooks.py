@@ -1,4 +1,4 @@
-"""The three notebooks execute on the toy world (parameters injected as papermill would)."""
+"""The notebooks execute on the toy world (parameters injected as papermill would)."""
 from pathlib import Path
 
 import nbformat
@@ -61,7 +61,8 @@ def test_clever_hans_notebook(tmp_path):
     """The spurious-cue notebook on a small setting (2 faces, CRP references from 32 faces)."""
     import json
     out = tmp_path / "clever_hans"
-    run_notebook("clever_hans", {"n_images": 2, "n_reference": 32, "out": str(out)}, tmp_path)
+    run_notebook("clever_hans", {"n_images": 2, "n_reference": 32, "shortcut_n": 2,
+                                 "out": str(out)}, tmp_path)
     summary = json.loads((out / "summary.json").read_text())["spurious"]
     for role in ("biased", "clean"):
         for key in ("hat_change_rate", "mouth_change_rate", "oracle_hat_flip_rate",
@@ -70,3 +71,21 @@ def test_clever_hans_notebook(tmp_path):
             assert 0.0 <= summary[role][key] <= 1.0, (role, key)
         assert summary[role]["crp"]["concepts"]
     assert (out / "overview.png").exists() and (out / "worlds.png").exists()
+    shortcut = json.loads((out / "shortcut" / "shortcut.json").read_text())
+    assert set(shortcut["attributes"]) == {"Wearing_Hat", "Eyeglasses"}
+
+
+@pytest.mark.integration
+def test_compare_heatmaps_notebook(tmp_path):
+    """`ldvce xai compare` as a notebook: three methods on four faces of a small unseen world."""
+    import json
+    import toyfaces
+    data = toyfaces.make_dataset(tmp_path / "toy", n=8, seed=4242, progress=False)
+    out = tmp_path / "compare"
+    run_notebook("compare_heatmaps", {"data": str(data), "n": 4, "bootstrap": 50,
+                                      "methods": "epsilon_plus_flat,gradient,gradcam",
+                                      "out": str(out)}, tmp_path)
+    result = json.loads((out / "compare.json").read_text())
+    assert set(result["methods"]) == {"epsilon_plus_flat", "gradient", "gradcam"}
+    assert all(m["randomisation"] in ("pass", "fail") for m in result["methods"].values())
+    assert (out / "grid.png").exists() and (out / "report.html").exists()

@@ -81,27 +81,38 @@ def evaluate_sampler(classifier: str = "toy_resnet", seed: int = 7272, n: int = 
 
 
 def evaluate_clever_hans(seed: int = 7272, n: int = 24, method: str | None = None,
-                         options: dict | None = None, out: str | Path = "runs/eval") -> dict:
+                         options: dict | None = None, out: str | Path = "runs/eval",
+                         num_cfs: int = 1) -> dict:
     """The Clever-Hans pair (``ldvce demo --spurious --data-seed SEED --n N`` without CRP and
     figures): per classifier (biased, clean) flip rate, the share of faces whose change per
     pixel is larger on the hat than on the mouth, the oracle's hat and smile flip rates, L1 and
-    seconds per image."""
+    seconds per image; with ``num_cfs`` > 1 also the share of faces of which at least one
+    counterfactual changes the hat most, and the set's diversity."""
     tag = "-".join(["cleverhans", str(seed), method or "default"]
-                   + [f"{k}={v}" for k, v in sorted((options or {}).items())])
+                   + [f"{k}={v}" for k, v in sorted((options or {}).items())]
+                   + ([f"k{num_cfs}"] if num_cfs > 1 else []))
     s = run_experiment(Path(out) / tag.replace(" ", ""), n_images=n, data_seed=seed,
-                       method=method, options=options, crp=False, figure=False)["spurious"]
+                       method=method, options=options, num_cfs=num_cfs, crp=False,
+                       figure=False)["spurious"]
     keys = ("flip_rate", "hat_change_rate", "mouth_change_rate", "oracle_hat_flip_rate",
-            "oracle_smile_flip_rate", "l1", "seconds_per_image")
+            "oracle_smile_flip_rate", "l1", "seconds_per_image", "any_hat_change_rate",
+            "two_or_more_rate", "mean_pairwise_iou")
     return {"seed": seed, "n": s["images"], "method": s["method"], "options": dict(options or {}),
-            **{role: {k: s[role][k] for k in keys} for role in ("biased", "clean")}}
+            "num_cfs": num_cfs,
+            **{role: {k: s[role][k] for k in keys if k in s[role]} for role in ("biased", "clean")}}
 
 
 def format_clever_hans(r: dict) -> str:
+    def several(v):
+        if "any_hat_change_rate" not in v:
+            return ""
+        return (f"  any CF hat-most {v['any_hat_change_rate']:.3f}  ≥2 flipping "
+                f"{v['two_or_more_rate']:.3f}  IoU {v['mean_pairwise_iou']:.3f}")
     return "\n".join(
         f"{role:<7}{r['seed']:>6}{r['n']:>4}  flip {v['flip_rate']:.3f}  hat-most "
         f"{v['hat_change_rate']:.3f}  oracle hat {v['oracle_hat_flip_rate']:.3f}  oracle smile "
         f"{v['oracle_smile_flip_rate']:.3f}  L1 {v['l1']:.4f}  {v['seconds_per_image']:.2f} s/img"
-        for role, v in ((k, r[k]) for k in ("biased", "clean")))
+        + several(v) for role, v in ((k, r[k]) for k in ("biased", "clean")))
 
 
 def format_row(r: dict) -> str:
@@ -144,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=48)
     p.add_argument("--method", default=None)
     p.add_argument("--options", default="{}", help="sampler options as JSON")
+    p.add_argument("--num-cfs", type=int, default=1,
+                   help="counterfactuals per face (ldvce generate --num-cfs)")
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", default=None, help="append the row to this JSON-lines file")
@@ -156,7 +169,7 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(1)
     if a.classifier == "clever_hans":
-        r = evaluate_clever_hans(a.seed, a.n, a.method, json.loads(a.options), a.out)
+        r = evaluate_clever_hans(a.seed, a.n, a.method, json.loads(a.options), a.out, a.num_cfs)
         print(format_clever_hans(r), flush=True)
     else:
         r = evaluate_sampler(a.classifier, a.seed, a.n, a.method, json.loads(a.options), a.out,

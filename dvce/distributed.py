@@ -107,7 +107,7 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
                     target="auto", batch_size: int = 8, options: dict | None = None,
                     settings: dict | None = None, devices: int = 1, num_nodes: int = 1,
                     accelerator: str = "auto", strategy: str = "auto",
-                    progress: bool = True) -> dict | None:
+                    progress: bool = True, num_cfs: int = 1) -> dict | None:
     """Generate counterfactuals for ``items`` into ``out`` on ``devices`` × ``num_nodes``
     processes; returns the summary on rank 0 and None on the other ranks.
 
@@ -116,7 +116,7 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     items : the inputs (:func:`dvce.runner.folder_items` / :func:`dvce.runner.lmdb_items`); every
         process must build the same list.
     problem : LDM, classifier and attribute; moved to each process's device.
-    out, method, target, batch_size, options, settings : as :func:`dvce.runner.run`.
+    out, method, target, batch_size, options, settings, num_cfs : as :func:`dvce.runner.run`.
     devices, num_nodes : processes per node and nodes. With ``strategy="ddp"`` (or ``"auto"``
         and more than one process) Lightning starts the other processes of this node by running
         the same command again, unless a cluster environment (SLURM, torchrun) already did; so
@@ -131,14 +131,14 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     from dvce.samplers import get_sampler
     out = Path(out)
     _check_inputs(items, batch_size, strategy)
+    options = dict(options or {})
+    settings = runner.run_settings(method, options, settings, num_cfs)
     fabric = _launch(accelerator, devices, num_nodes, strategy)
     rank, world = fabric.global_rank, fabric.world_size
     wait_group = _long_wait_group()
     problem.ldm.to(fabric.device)
     problem.classifier.to(fabric.device)
     sampler = get_sampler(method)
-    options = dict(options or {})
-    settings = {"method": method, "options": options, **(settings or {})}
     plan = _shared_plan(fabric, items, out, batch_size)
     by_id = {it.image_id: it for it in items}
     mine = _own_batches(plan, by_id, rank, world)
@@ -149,7 +149,7 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
                unit="img", disable=not progress or rank != 0)
     for ids in mine:
         new = runner.generate_batch([by_id[i] for i in ids], problem, out, sampler, target,
-                                    options, settings)
+                                    options, settings, num_cfs)
         if new:
             own.update(new)
             rf.write_manifest(rank_dir(out, rank), own.values())

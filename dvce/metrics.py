@@ -79,6 +79,36 @@ def undo_region(original, counterfactual, region):
     return np.where(m, original, counterfactual)
 
 
+#: A pixel belongs to a counterfactual's change when its |Δ| (channels summed) is at least this
+#: share of the largest |Δ| of that counterfactual.
+CHANGE_REL = 0.2
+
+
+def change_mask(delta: np.ndarray, rel: float = CHANGE_REL) -> np.ndarray:
+    """(H, W) bool: where a counterfactual changed the image, from its (H, W) |Δ| map (channels
+    summed): the pixels with at least ``rel`` × the largest change; empty when nothing changed.
+    ``--num-cfs`` keeps later counterfactuals out of these pixels, and the diversity IoU
+    compares them."""
+    d = np.asarray(delta, dtype=np.float64)
+    peak = float(d.max()) if d.size else 0.0
+    return d >= rel * peak if peak > 0 else np.zeros(d.shape, bool)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """|a ∧ b| / |a ∨ b| of two boolean masks; NaN when both are empty."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else float("nan")
+
+
+def mean_pairwise_iou(masks: list[np.ndarray]) -> float:
+    """The mean :func:`mask_iou` over every pair of a face's change masks (NaN below two masks):
+    0 when the counterfactuals change disjoint regions, 1 when they change the same one."""
+    vals = [mask_iou(masks[i], masks[j]) for i in range(len(masks)) for j in range(i + 1, len(masks))]
+    vals = [v for v in vals if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 def decision_flip_rates(before, after, indices: dict[str, int]) -> dict[str, float]:
     """How often a classifier's decision (logit > 0) on each named attribute changed between
     originals (``before``: (N, 40) logits) and counterfactuals (``after``), e.g. an oracle's
@@ -120,41 +150,22 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
     ``oracle``: a classifier module; ``oracle_attributes``: indices MNAC counts (default: those the
     oracle was trained to see vary — all 40 for CelebA-HQ, the modelled ones for toyfaces).
     ``masks``: toyfaces masks (attribute -> (N, H, W)); image ids must be dataset rows.
+    The top-level numbers are those of each image's (rank 1) counterfactual; a run made with
+    ``--num-cfs`` also gets ``per_rank`` (the same numbers over the images that have a
+    counterfactual of that rank) and ``diversity`` (:func:`diversity`).
     """
     items = load_run(run_dir)
     attribute = attribute or items[0].result.get("attribute", "Smiling")
     t_idx = attribute_index(attribute)
     xs = torch.stack([load_image(it.original, _size(it)) for it in items])
-    cfs = torch.stack([load_image(it.counterfactual, _size(it)) for it in items])
-    per = {
-        "flipped": torch.tensor([bool(it.result["flipped"]) for it in items], dtype=torch.float),
-        "l1": (cfs - xs).abs().flatten(1).mean(1),
-        "l2": (cfs - xs).pow(2).flatten(1).mean(1).sqrt(),
-        "ssim": ssim((xs + 1) / 2, (cfs + 1) / 2),
-    }
-    if oracle is not None:
-        dev = next(oracle.parameters()).device
-        before = torch.cat([oracle(xs[i:i + batch_size].to(dev)).cpu()
-                            for i in range(0, len(xs), batch_size)])
-        after = torch.cat([oracle(cfs[i:i + batch_size].to(dev)).cpu()
-                           for i in range(0, len(cfs), batch_size)])
-        valid = None
-        if oracle_attributes is not None:
-            valid = torch.zeros(before.shape[1], dtype=torch.bool)
-            valid[oracle_attributes] = True
-        per["mnac"] = mnac(before, after, t_idx, valid)
-        per["oracle_flipped"] = ((after[:, t_idx] > 0) != (before[:, t_idx] > 0)).float()
-        changed = oracle_changes(before, after, t_idx, valid)
-    if masks is not None:
-        region = masks[attribute]
-        loc = []
-        for it, x, c in zip(items, xs, cfs):
-            row = it.source_index
-            loc.append(localization((c - x).abs().sum(0).numpy(), region[row]) if row is not None
-                       else float("nan"))
-        per["localization"] = torch.tensor(loc)
-    metrics = {k: float(torch.nanmean(v.float())) for k, v in per.items()}
-    metrics["flip_rate"] = metrics.pop("flipped")
+    valid = None
+    if oracle is not None and oracle_attributes is not None:
+        valid = torch.zeros(len(ATTRIBUTES), dtype=torch.bool)
+        valid[oracle_attributes] = True
+    score = lambda sel, cfs: _scores([items[i] for i in sel], xs[sel], cfs, t_idx,  # noqa: E731
+                                     oracle, valid, masks, attribute, batch_size)
+    per, changed = score(list(range(len(items))), [it.counterfactuals[0] for it in items])
+    metrics = _means(per)
     metrics["n"] = len(items)
     metrics["attribute"] = attribute
     metrics["per_image"] = {it.image_id: {k: float(v[i]) for k, v in per.items()}
@@ -171,7 +182,70 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
             metrics["per_image"][it.image_id]["oracle_changed"] = changed[i]
         metrics["oracle_changed"] = dict(Counter(n for names in changed for n in names)
                                          .most_common())
+    k = max(len(it.counterfactuals) for it in items)
+    if k > 1 or any("counterfactuals" in it.result for it in items):
+        metrics["per_rank"] = {}
+        for r in range(1, k + 1):
+            sel = [i for i, it in enumerate(items) if len(it.counterfactuals) >= r]
+            rank_per, _ = score(sel, [items[i].counterfactuals[r - 1] for i in sel])
+            metrics["per_rank"][str(r)] = {**_means(rank_per), "n": len(sel)}
+        metrics["diversity"] = diversity(items, xs)
     return metrics
+
+
+def _scores(items: list[RunItem], xs: torch.Tensor, cfs: list, t_idx: int, oracle, valid,
+            masks: dict | None, attribute: str, batch_size: int) -> tuple[dict, list]:
+    """Per-image metrics of one counterfactual per item (``cfs``: their
+    :class:`~dvce.runfolder.RankedCounterfactual`), and the oracle's changed attributes."""
+    cf = torch.stack([load_image(c.counterfactual, xs.shape[-1]) for c in cfs])
+    per = {
+        "flipped": torch.tensor([c.flipped for c in cfs], dtype=torch.float),
+        "l1": (cf - xs).abs().flatten(1).mean(1),
+        "l2": (cf - xs).pow(2).flatten(1).mean(1).sqrt(),
+        "ssim": ssim((xs + 1) / 2, (cf + 1) / 2),
+    }
+    changed: list = []
+    if oracle is not None:
+        dev = next(oracle.parameters()).device
+        run = lambda t: torch.cat([oracle(t[i:i + batch_size].to(dev)).cpu()  # noqa: E731
+                                   for i in range(0, len(t), batch_size)])
+        before, after = run(xs), run(cf)
+        per["mnac"] = mnac(before, after, t_idx, valid)
+        per["oracle_flipped"] = ((after[:, t_idx] > 0) != (before[:, t_idx] > 0)).float()
+        changed = oracle_changes(before, after, t_idx, valid)
+    if masks is not None:
+        region = masks[attribute]
+        per["localization"] = torch.tensor([
+            localization((c - x).abs().sum(0).numpy(), region[it.source_index])
+            if it.source_index is not None else float("nan")
+            for it, x, c in zip(items, xs, cf)])
+    return per, changed
+
+
+def _means(per: dict) -> dict:
+    metrics = {k: float(torch.nanmean(v.float())) for k, v in per.items()}
+    metrics["flip_rate"] = metrics.pop("flipped")
+    return metrics
+
+
+def diversity(items: list[RunItem], xs: torch.Tensor) -> dict:
+    """How different the counterfactuals of each image are (runs made with ``--num-cfs``):
+    ``mean_pairwise_iou`` of the change masks (:func:`change_mask`) of the flipping
+    counterfactuals, over images with at least two (NaN without any); ``two_or_more_rate``, the
+    share of images with two or more flipping counterfactuals; ``mean_flipping``, their mean
+    number per image."""
+    ious, counts = [], []
+    for it, x in zip(items, xs):
+        cms = [change_mask((load_image(c.counterfactual, x.shape[-1]) - x).abs().sum(0).numpy())
+               for c in it.counterfactuals if c.flipped]
+        counts.append(len(cms))
+        if len(cms) >= 2:
+            ious.append(mean_pairwise_iou(cms))
+    ious = [v for v in ious if not np.isnan(v)]
+    return {"mean_pairwise_iou": float(np.mean(ious)) if ious else float("nan"),
+            "two_or_more_rate": float(np.mean([c >= 2 for c in counts])),
+            "mean_flipping": float(np.mean(counts)),
+            "max_counterfactuals": max(len(it.counterfactuals) for it in items)}
 
 
 def oracle_changes(before: torch.Tensor, after: torch.Tensor, target_index: int,
@@ -193,13 +267,26 @@ def write_metrics(run_dir, metrics: dict) -> Path:
     return path
 
 
+#: The metrics :func:`format_table` prints, in order.
+TABLE_KEYS = ("n", "flip_rate", "l1", "l2", "ssim", "mnac", "oracle_flipped", "localization")
+
+
 def format_table(metrics: dict) -> str:
-    keys = [k for k in ("n", "flip_rate", "l1", "l2", "ssim", "mnac", "oracle_flipped",
-                        "localization") if k in metrics]
+    keys = [k for k in TABLE_KEYS if k in metrics]
     w = max(len(k) for k in keys)
     lines = [f"{k:<{w}}  {metrics[k]:.4f}" if isinstance(metrics[k], float)
              else f"{k:<{w}}  {metrics[k]}" for k in keys]
     if metrics.get("oracle_changed") is not None:
         ch = ", ".join(f"{k} {v}" for k, v in metrics["oracle_changed"].items()) or "none"
         lines.append(f"{'oracle saw change':<{w}}  {ch} (images; per image in metrics.json)")
+    if metrics.get("per_rank"):
+        cols = [k for k in TABLE_KEYS if k != "n" and k in metrics["per_rank"]["1"]]
+        lines.append("per rank (rank 1: smallest change):")
+        lines.append("  rank   n  " + "  ".join(f"{k:>14}" for k in cols))
+        for r, m in metrics["per_rank"].items():
+            lines.append(f"  {r:>4} {m['n']:>3}  " + "  ".join(f"{m[k]:>14.4f}" for k in cols))
+        d = metrics["diversity"]
+        lines.append(f"diversity: mean pairwise IoU of the change masks {d['mean_pairwise_iou']:.3f}, "
+                     f"images with ≥ 2 flipping counterfactuals {d['two_or_more_rate']:.3f}, "
+                     f"flipping per image {d['mean_flipping']:.2f}")
     return "\n".join(lines)

@@ -4,6 +4,8 @@ Layout of a run folder ``RUN``::
 
     RUN/<image_id>/original.png reconstruction.png counterfactual.png diff.png diff.npy
                    sequence/000.png … sequence.gif [mask.npy] result.json
+                   [cf2/ cf3/ …]   with --num-cfs K: counterfactual rank r ≥ 2 (counterfactual.png
+                                   diff.png diff.npy sequence/ sequence.gif [mask.npy])
     RUN/manifest.jsonl   one line per input: {"image", "status", "reason"}
     RUN/summary.json     n, flip_rate, mean_l1, seconds_per_image, method, …
     RUN/.<image_id>.partial/   an item being written (never read as a result)
@@ -12,7 +14,10 @@ An item is *finished* when its folder holds a readable ``result.json``; items ar
 ``.partial`` name and renamed when complete, so a run killed at any point never leaves a folder
 that looks finished. ``result.json["frames"]`` lists every frame of the sequence with its logit
 and its ``path`` relative to the item folder (frame 0 the original, 1 the DDIM reconstruction,
-2.. the sampler's steps).
+2.. the sampler's steps). With ``--num-cfs`` the item's own files are rank 1 (the smallest L1
+among the counterfactuals that flipped) and ``result.json["counterfactuals"]`` lists every rank
+(``rank``, ``path``, ``flipped``, ``l1``, ``frames``…); runs without it have one counterfactual,
+which :attr:`RunItem.counterfactuals` reports the same way.
 
 Depends on the standard library and the :mod:`fileio` helpers only (no torch), so ``study`` reads runs
 without importing torch.
@@ -44,30 +49,28 @@ GIF = "sequence.gif"
 STATUSES = ("ok", "not_flipped", "failed", "unreadable")
 
 
-def frame_name(k: int) -> str:
-    """Relative path of frame ``k`` inside an item folder."""
-    return f"{SEQUENCE}/{k:03d}.png"
+def frame_name(k: int, rank_dir: str = ".") -> str:
+    """Relative path of frame ``k`` inside an item folder (of the counterfactual in ``rank_dir``)."""
+    name = f"{SEQUENCE}/{k:03d}.png"
+    return name if rank_dir == "." else f"{rank_dir}/{name}"
 
 
-def natural_key(name: str) -> list:
-    """Sort key that puts ``frame_2`` before ``frame_10`` and ``900`` before ``27300``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name))]
+def rank_folder(rank: int) -> str:
+    """Where counterfactual ``rank`` of an item lives, relative to the item folder."""
+    return "." if rank == 1 else f"cf{rank}"
 
 
 @dataclass(frozen=True)
-class RunItem:
-    """One finished counterfactual: its id, folder and ``result.json``."""
-    image_id: str
+class RankedCounterfactual:
+    """One of an item's counterfactuals: its rank (1 = smallest change), folder, description
+    (rank 1: the item's ``result.json``) and the item's folder (frame paths are relative to it)."""
+    rank: int
     folder: Path
     result: dict
+    item_folder: Path
 
-    @property
-    def original(self) -> Path:
-        return self.folder / ORIGINAL
-
-    @property
-    def reconstruction(self) -> Path:
-        return self.folder / RECONSTRUCTION
+    def frame_paths(self) -> list[Path]:
+        return frame_paths(self.item_folder, self.result)
 
     @property
     def counterfactual(self) -> Path:
@@ -80,6 +83,49 @@ class RunItem:
     @property
     def mask(self) -> Path | None:
         p = self.folder / MASK_NPY
+        return p if p.is_file() else None
+
+    @property
+    def flipped(self) -> bool:
+        return bool(self.result.get("flipped"))
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts ``frame_2`` before ``frame_10`` and ``900`` before ``27300``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name))]
+
+
+@dataclass(frozen=True)
+class RunItem:
+    """One finished counterfactual: its id, folder and ``result.json``.
+
+    ``rank_dir``: for an item seen through a further counterfactual of its image (a
+    ``--num-cfs`` run, :func:`rank_item`), that counterfactual's folder relative to ``folder``;
+    ``result`` is then that counterfactual's description."""
+    image_id: str
+    folder: Path
+    result: dict
+    rank_dir: str = "."
+
+    @property
+    def original(self) -> Path:
+        return self.folder / ORIGINAL
+
+    @property
+    def reconstruction(self) -> Path:
+        return self.folder / RECONSTRUCTION
+
+    @property
+    def counterfactual(self) -> Path:
+        return self.folder / self.rank_dir / COUNTERFACTUAL
+
+    @property
+    def diff(self) -> Path:
+        return self.folder / self.rank_dir / DIFF
+
+    @property
+    def mask(self) -> Path | None:
+        p = self.folder / self.rank_dir / MASK_NPY
         return p if p.is_file() else None
 
     @property
@@ -98,6 +144,15 @@ class RunItem:
     def frame_paths(self) -> list[Path]:
         """The sequence's frame images in order (see :func:`frame_paths`)."""
         return frame_paths(self.folder, self.result)
+
+    @property
+    def counterfactuals(self) -> list[RankedCounterfactual]:
+        """Every counterfactual of the item, rank 1 first (one for runs without ``--num-cfs``)."""
+        listed = self.result.get("counterfactuals")
+        if not isinstance(listed, list) or not listed:
+            return [RankedCounterfactual(1, self.folder / self.rank_dir, self.result, self.folder)]
+        return [RankedCounterfactual(int(d["rank"]), self.folder / d.get("path", "."), d, self.folder)
+                for d in sorted(listed, key=lambda d: int(d["rank"]))]
 
 
 def frame_paths(folder, result: dict | None = None) -> list[Path]:
@@ -154,8 +209,13 @@ def list_items(run_dir) -> list[RunItem]:
 
 
 def get_item(run_dir, image_id: str) -> RunItem | None:
-    """The finished item ``image_id`` of a run, or None."""
+    """The finished item ``image_id`` of a run (``<id>.cf<r>``: its counterfactual of rank r,
+    :func:`rank_item`), or None."""
     folder = Path(run_dir) / str(image_id)
+    image, rank = split_rank_id(image_id)
+    if rank > 1 and not folder.is_dir():
+        base = get_item(run_dir, image)
+        return rank_item(base, rank) if base is not None else None
     r = read_result(folder) if _is_item_dir(folder) else None
     return RunItem(str(image_id), folder, r) if r is not None else None
 
@@ -177,10 +237,48 @@ def find_folder(root, image_id: str, layout: str = "{image_id}") -> Path | None:
 
 
 def find_item(root, image_id: str) -> RunItem | None:
-    """The finished item of ``image_id`` under ``root`` (located by :func:`find_folder`), or None."""
+    """The finished item of ``image_id`` under ``root`` (located by :func:`find_folder`), or None;
+    ``<image_id>.cf<r>`` is its counterfactual of rank r (:func:`rank_item`)."""
+    image, rank = split_rank_id(image_id)
+    if rank > 1 and find_folder(root, image_id) is None:
+        base = find_item(root, image)
+        return rank_item(base, rank) if base is not None else None
     folder = find_folder(root, image_id)
     r = read_result(folder) if folder is not None else None
     return RunItem(str(image_id), folder, r) if r is not None else None
+
+
+#: The id of an image's counterfactual of rank r ≥ 2 where a tool needs one id per
+#: counterfactual (the study app): ``<image_id>.cf<r>``.
+RANK_ID = re.compile(r"^(?P<image>.+)\.cf(?P<rank>[2-9]|[1-9]\d+)$")
+
+
+def rank_item(item: RunItem, rank: int) -> RunItem | None:
+    """``item`` seen through its counterfactual ``rank`` (None when it has none): id
+    ``<image_id>.cf<rank>`` (rank 1: the item itself), the same folder and original, that
+    counterfactual's description as result (frames, switch frame, flipped…)."""
+    cfs = item.counterfactuals
+    if not 1 <= rank <= len(cfs):
+        return None
+    if rank == 1:
+        return item
+    c = cfs[rank - 1]
+    shared = {k: v for k, v in item.result.items() if k != "counterfactuals"}  # source, target…
+    return RunItem(f"{item.image_id}.cf{rank}", item.folder,
+                   {**shared, **c.result, "image": f"{item.image_id}.cf{rank}",
+                    "status": "ok" if c.flipped else "not_flipped"}, rank_folder(rank))
+
+
+def split_rank_id(image_id: str) -> tuple[str, int]:
+    """``("27300", 2)`` for ``27300.cf2`` (:data:`RANK_ID`), ``(image_id, 1)`` for any other id."""
+    m = RANK_ID.match(str(image_id))
+    return (m["image"], int(m["rank"])) if m else (str(image_id), 1)
+
+
+def with_ranks(items: list[RunItem]) -> list[RunItem]:
+    """Every item followed by its further counterfactuals as items (:func:`rank_item`)."""
+    return [r for it in items for r in
+            [rank_item(it, k) for k in range(1, len(it.counterfactuals) + 1)] if r is not None]
 
 
 def is_run(path) -> bool:

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from classifier.dataset import CelebHQAttrDataset
 from classifier.images import UnreadableImageError, load_image, save_image, tensor_to_uint8
 from dvce import runfolder as rf
-from dvce.samplers import CFBatch, FrameRecorder, Problem, get_sampler
+from dvce.diverse import Candidate, check_method, counterfactual_rounds, ranked
+from dvce.samplers import Problem, get_sampler
 from fileio import atomic_write_bytes, list_image_files
 
 STATUSES = rf.STATUSES
@@ -63,47 +64,70 @@ def switch_frame(logits: list[float], target: int) -> int | None:
     return None
 
 
-def write_result_folder(out: Path, image_id: str, x: torch.Tensor, res: CFBatch, i: int,
+def write_result_folder(out: Path, image_id: str, x: torch.Tensor, cfs: list[Candidate],
                         target: int, settings: dict, seconds: float, source: dict,
-                        frames: list[torch.Tensor], logits: list[float]) -> dict:
+                        num_cfs: int = 1) -> dict:
     """Write one image's folder atomically (see :func:`dvce.runfolder.writing_item`); returns its
-    result dict. ``frames``/``logits``: sample ``i``'s sequence as the sampler reported it."""
-    cf, rec = res.counterfactual[i].cpu(), res.reconstruction[i].cpu()
-    sig = lambda v: float(1 / (1 + np.exp(-v)))  # noqa: E731
-    flipped = bool(res.flipped[i])
+    result dict. ``cfs``: the counterfactuals to keep, rank 1 first (:func:`dvce.diverse.ranked`);
+    rank 1's files are the item's own, rank r ≥ 2 goes to ``cf<r>/`` and, when ``num_cfs`` > 1,
+    ``result["counterfactuals"]`` describes every rank."""
+    best = cfs[0]
     with rf.writing_item(out, image_id) as tmp:
         save_image(x, tmp / rf.ORIGINAL)
-        save_image(rec, tmp / rf.RECONSTRUCTION)
-        save_image(cf, tmp / rf.COUNTERFACTUAL)
-        diff = (cf - x.cpu()).abs().mean(0)
-        d = (diff / max(float(diff.max()), 1e-8)).numpy()
-        save_image((np.stack([d] * 3, -1) * 255).astype(np.uint8), tmp / rf.DIFF)
-        np.save(tmp / rf.DIFF_NPY, diff.numpy().astype(np.float32))
-        frames = [tensor_to_uint8(f) for f in frames]
-        for k, f in enumerate(frames):
-            save_image(f, tmp / rf.frame_name(k))
-        _gif(frames, tmp / rf.GIF)
-        if "mask" in res.info:
-            np.save(tmp / rf.MASK_NPY, res.info["mask"][i, 0].numpy().astype(np.float32))
+        save_image(best.res.reconstruction[best.i].cpu(), tmp / rf.RECONSTRUCTION)
+        ranks = [_write_counterfactual(tmp, rf.rank_folder(r), x, c, target)
+                 for r, c in enumerate(cfs, start=1)]
+        top = ranks[0]
         result = {
-            "image": image_id, "source": source, "status": "ok" if flipped else "not_flipped",
-            "target": int(target), "flipped": flipped, "iterations": int(res.iterations[i]),
-            # the counterfactual is the last frame: its logit is the one "after"
-            "logit_before": logits[0], "logit_after": float(logits[-1]),
-            "prob_before": sig(logits[0]), "prob_after": sig(logits[-1]),
-            "logit_reconstruction": logits[1] if len(logits) > 1 else None,
-            "l1": float((cf - x.cpu()).abs().mean()),
-            "l2": float((cf - x.cpu()).pow(2).mean().sqrt()),
-            "switch_frame": switch_frame(logits, target),
-            "frames": [{"index": k, "logit": v, "prob": sig(v), "path": rf.frame_name(k)}
-                       for k, v in enumerate(logits)],
-            "seconds": seconds, **settings,
+            "image": image_id, "source": source, "status": "ok" if top["flipped"] else "not_flipped",
+            "target": int(target), "flipped": top["flipped"], "iterations": top["iterations"],
+            "logit_before": top["frames"][0]["logit"], "logit_after": top["logit_after"],
+            "prob_before": top["frames"][0]["prob"], "prob_after": top["prob_after"],
+            "logit_reconstruction": top["frames"][1]["logit"] if len(top["frames"]) > 1 else None,
+            "l1": top["l1"], "l2": top["l2"], "switch_frame": top["switch_frame"],
+            "frames": top["frames"], "seconds": seconds, **settings,
         }
-        info = sampler_info(res.info, i, len(res.flipped))
-        if info:
-            result["sampler_info"] = info
+        if top.get("sampler_info"):
+            result["sampler_info"] = top["sampler_info"]
+        if num_cfs > 1:
+            result["counterfactuals"] = [{"rank": r, **d} for r, d in enumerate(ranks, start=1)]
         rf.write_result(tmp, result)
     return result
+
+
+def _write_counterfactual(item: Path, rel: str, x: torch.Tensor, c: Candidate, target: int) -> dict:
+    """The files of one counterfactual (image, |Δ| map, mask, frame sequence, GIF) under
+    ``item/rel`` ("." for rank 1), and its description (paths relative to the item folder)."""
+    folder = item / rel
+    folder.mkdir(parents=True, exist_ok=True)
+    cf = c.counterfactual
+    sig = lambda v: float(1 / (1 + np.exp(-v)))  # noqa: E731
+    save_image(cf, folder / rf.COUNTERFACTUAL)
+    diff = (cf - x.cpu()).abs().mean(0)
+    d = (diff / max(float(diff.max()), 1e-8)).numpy()
+    save_image((np.stack([d] * 3, -1) * 255).astype(np.uint8), folder / rf.DIFF)
+    np.save(folder / rf.DIFF_NPY, diff.numpy().astype(np.float32))
+    frames = [tensor_to_uint8(f) for f in c.frames]
+    names = [rf.frame_name(k, rel) for k in range(len(frames))]
+    for f, name in zip(frames, names):
+        save_image(f, item / name)
+    _gif(frames, folder / rf.GIF)
+    if "mask" in c.res.info:
+        np.save(folder / rf.MASK_NPY, c.res.info["mask"][c.i, 0].numpy().astype(np.float32))
+    logits = c.logits
+    desc = {
+        "path": rel, "made": c.made, "flipped": c.flipped, "iterations": int(c.res.iterations[c.i]),
+        # the counterfactual is the last frame: its logit is the one "after"
+        "logit_after": float(logits[-1]), "prob_after": sig(logits[-1]),
+        "l1": float((cf - x.cpu()).abs().mean()), "l2": float((cf - x.cpu()).pow(2).mean().sqrt()),
+        "switch_frame": switch_frame(logits, target),
+        "frames": [{"index": k, "logit": v, "prob": sig(v), "path": name}
+                   for k, (v, name) in enumerate(zip(logits, names))],
+    }
+    info = sampler_info(c.res.info, c.i, len(c.res.flipped))
+    if info:
+        desc["sampler_info"] = info
+    return desc
 
 
 def sampler_info(info: dict, i: int, n: int) -> dict:
@@ -177,27 +201,36 @@ def summarize(out: Path, method: str, settings: dict) -> dict:
 
 def run(items: list[Item], problem: Problem, out, method: str = "guided", target="auto",
         batch_size: int = 8, options: dict | None = None, settings: dict | None = None,
-        progress: bool = True) -> dict:
+        progress: bool = True, num_cfs: int = 1) -> dict:
     """Generate counterfactuals for ``items`` into ``out``; returns the summary.
 
     ``target``: ``"auto"`` flips the current decision, or 0 / 1 for a fixed direction. Images
     already finished in ``out`` are skipped (resume); unreadable inputs and non-finite samples are
-    reported in the manifest and the rest of the batch goes on.
+    reported in the manifest and the rest of the batch goes on. ``num_cfs``: up to that many
+    different counterfactuals per image (:mod:`dvce.diverse`).
     """
     out = Path(out)
     sampler = get_sampler(method)
     options = dict(options or {})
-    settings = {"method": method, "options": options, **(settings or {})}
+    settings = run_settings(method, options, settings, num_cfs)
     order, todo, extra = resume_state(items, out)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"lDVCE ({method})",
                unit="img", disable=not progress)
     for batch in _batches(todo, batch_size):
-        extra.update(generate_batch(batch, problem, out, sampler, target, options, settings))
+        extra.update(generate_batch(batch, problem, out, sampler, target, options, settings,
+                                    num_cfs))
         bar.update(len(batch))
         rewrite_manifest(out, order, extra)
     bar.close()
     rewrite_manifest(out, order, extra)
     return summarize(out, method, settings)
+
+
+def run_settings(method: str, options: dict, settings: dict | None, num_cfs: int) -> dict:
+    """What every ``result.json`` of a run records about how it was made (checks ``num_cfs``)."""
+    check_method(method, num_cfs)
+    return {"method": method, "options": options, **(settings or {}),
+            **({"num_cfs": num_cfs} if num_cfs > 1 else {})}
 
 
 def resume_state(items: list[Item], out) -> tuple[list[str], list[Item], dict[str, dict]]:
@@ -221,9 +254,10 @@ def resume_state(items: list[Item], out) -> tuple[list[str], list[Item], dict[st
 
 
 def generate_batch(batch: list[Item], problem: Problem, out: Path, sampler, target, options: dict,
-                   settings: dict) -> dict[str, dict]:
+                   settings: dict, num_cfs: int = 1) -> dict[str, dict]:
     """Load one batch, run the sampler on it and write a folder per image; returns the failure
-    and unreadable records of the batch (``{image_id: manifest entry}``).
+    and unreadable records of the batch (``{image_id: manifest entry}``). With ``num_cfs`` > 1,
+    up to that many counterfactuals per image (:mod:`dvce.diverse`).
 
     The sampler sees exactly the readable images of ``batch`` in order, so a batch gives the same
     results wherever it runs (the distributed runner shards whole batches for that reason).
@@ -243,16 +277,16 @@ def generate_batch(batch: list[Item], problem: Problem, out: Path, sampler, targ
         logit = problem.logit(x.to(problem.ldm.device))
     tgt = (logit.cpu() <= 0).float() if target == "auto" else torch.full((len(x),), float(target))
     t0 = time.perf_counter()
-    recorder = FrameRecorder(len(x))  # the frame sequences, reported by the sampler
-    res = sampler(problem, x, tgt, callback=recorder, **options)
+    made = counterfactual_rounds(problem, x, tgt, sampler, options, num_cfs)
     secs = (time.perf_counter() - t0) / len(x)
     for i, it in enumerate(ok_items):
-        if res.failed[i]:
+        keep = ranked(made[i], x[i])
+        if not keep:
             records[it.image_id] = {"image": it.image_id, "status": "failed",
-                                    "reason": res.failed[i]}
+                                    "reason": made[i][0].failed}
             continue
-        write_result_folder(out, it.image_id, x[i], res, i, int(tgt[i]), settings, secs,
-                            it.source, recorder.frames[i], recorder.logits[i])
+        write_result_folder(out, it.image_id, x[i], keep, int(tgt[i]), settings, secs,
+                            it.source, num_cfs)
     return records
 
 

@@ -32,6 +32,12 @@ from dvce.ldm import LDM
 #: The method ``ldvce generate``, the demo and the benchmarks use unless told otherwise.
 DEFAULT_METHOD = "guided"
 
+#: Keyword arguments of a sampler that are not options of a method (no flag, no config key):
+#: the frame ``callback``, and ``keep_out`` — a (B, 1, H, W) pixel mask, 1 where the
+#: counterfactual must keep the original (the regions earlier counterfactuals of the same face
+#: changed, ``ldvce generate --num-cfs``). Samplers in :data:`DIVERSE` accept it.
+NOT_OPTIONS = ("callback", "keep_out")
+
 NON_FINITE = "non-finite values in the counterfactual or its logit"
 
 
@@ -98,14 +104,19 @@ class SampleState:
     the frame reports to the callback.
 
     Creating it classifies the input and reports frame 0 (the original); samples whose input or
-    logit is non-finite are failed from the start.
+    logit is non-finite are failed from the start. ``keep_out``: see :data:`KEEP_OUT`.
     """
 
     def __init__(self, problem: Problem, x: torch.Tensor, target: torch.Tensor,
-                 callback: Callable[[dict], None] | None = None):
+                 callback: Callable[[dict], None] | None = None,
+                 keep_out: torch.Tensor | None = None):
         ldm = problem.ldm
         self.problem, self.callback = problem, callback
         self.x = x.to(ldm.device, ldm.dtype)
+        if keep_out is not None and tuple(keep_out.shape) != (len(x), 1, *x.shape[-2:]):
+            raise ValueError(f"keep_out must be (B, 1, H, W) = {(len(x), 1, *x.shape[-2:])}, "
+                             f"got {tuple(keep_out.shape)}")
+        self.keep_out = None if keep_out is None else keep_out.to(ldm.device).float()
         self.target = target.to(ldm.device).float()
         with torch.no_grad():
             self.logit0 = problem.logit(self.x)
@@ -337,7 +348,7 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
            num_steps: int = 10, t_start: int = 600, mask: bool = True,
            mask_fraction: float = 0.04, mask_dilate: int = 1, mask_from: int = 3,
            guide_tail: int = 0, margin: float = 3.0, views: int = 4, grad_decoder: str = "full",
-           callback: Callable | None = None) -> CFBatch:
+           callback: Callable | None = None, keep_out: torch.Tensor | None = None) -> CFBatch:
     """Latent guided DDIM: classifier guidance on the one-step estimate x̂0 with a self-optimised mask.
 
     FastDiME / MaskDiME / LDCE ideas in latent space. Invert to ``t_start`` once, then denoise
@@ -395,8 +406,11 @@ def guided(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: fl
         them; the intermediate frames are the grad decoder's previews.
     callback : callable
         Receives each frame (see the module docstring); not a command-line option.
+    keep_out : Tensor
+        Pixels to keep (see :data:`NOT_OPTIONS`): the mask is chosen, and the change made, only
+        outside them; not a command-line option.
     """
-    state = SampleState(problem, x, target, callback)
+    state = SampleState(problem, x, target, callback, keep_out)
     ts = schedule(t_start, num_steps)
     if not 1 <= views <= len(VIEWS):
         raise ValueError(f"views must be in 1..{len(VIEWS)}, got {views}")
@@ -428,12 +442,18 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
     """One denoising pass from ``z`` (latents at ts[-1]) for the samples ``idx``.
 
     ``region``: a fixed (b, 1, h, w) latent mask to use from the first step instead of the
-    self-optimised one (``g.mask`` must be set). Frames are reported from index ``frame0``."""
+    self-optimised one (``g.mask`` must be set). Frames are reported from index ``frame0``.
+    The state's ``keep_out`` pixels are kept: a latent position touching one is never edited."""
     problem = state.problem
     ldm, x, target = problem.ldm, state.x[idx], state.target[idx]
     z = z.clone()
     saliency = torch.zeros_like(z[:, :1], dtype=torch.float32)  # float32 also under bf16
+    allowed = None if state.keep_out is None else \
+        1 - F.adaptive_max_pool2d(state.keep_out[idx], saliency.shape[-2:])
+    masked = g.mask or allowed is not None
     latent_mask = torch.ones_like(saliency) if region is None else region.float()
+    if allowed is not None:
+        latent_mask = latent_mask * allowed
     last_grad = {}
 
     def guide(x0, i, a_t):
@@ -460,22 +480,28 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
         with torch.no_grad():
             eps = predict_eps(ldm, z, ts[i])
         z, _, _ = ddim_step(ldm, z, ts, i, eps, x0_hook=guide)
-        if not g.mask:
+        if not masked:
             continue
         with torch.no_grad():
-            if region is None and i >= g.guide_tail:  # a guided step: accumulate the self-optimised mask
+            if g.mask and region is None and i >= g.guide_tail:  # a guided step: accumulate the self-optimised mask
                 saliency += last_grad["g"].abs().mean(1, keepdim=True).float()
-                if n + 1 < g.mask_from:
+                if n + 1 >= g.mask_from:
+                    latent_mask = _top_mask(saliency if allowed is None else saliency * allowed,
+                                            g.mask_fraction, g.mask_dilate)
+                    if allowed is not None:
+                        latent_mask = latent_mask * allowed
+                elif allowed is None:
                     continue
-                latent_mask = _top_mask(saliency, g.mask_fraction, g.mask_dilate)
             if i > 0:  # keep the original trajectory outside the changing region
                 m = latent_mask.to(z.dtype)
                 z = m * z + (1 - m) * traj[i - 1]
     with torch.no_grad():
         img = decode(ldm, z).clamp(-1, 1)
-        if g.mask:
+        if masked:
             pm = _blur(F.interpolate(latent_mask, size=x.shape[-2:], mode="bilinear",
                                      align_corners=False), 5).to(img.dtype)
+            if allowed is not None:
+                pm = pm * (1 - state.keep_out[idx]).to(img.dtype)
             img = pm * img + (1 - pm) * x  # original pixels outside the changing region
         else:
             pm = torch.ones_like(img[:, :1])
@@ -598,7 +624,7 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
              region_dilate: bool = False, margin: float = 3.0,
              views: int = 4, check_views: bool = True, check_renoise: bool = True,
              renoise_t: int = 200, prune: bool = True,
-             callback: Callable | None = None) -> CFBatch:
+             callback: Callable | None = None, keep_out: torch.Tensor | None = None) -> CFBatch:
     """Adaptive latent guided DDIM: where and how strongly to edit follow what this face needs.
 
     1. **Where** (``region``): a pre-explanation (ACE, Jeanneret et al. CVPR 2023) — a short
@@ -680,8 +706,12 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         smallest change among the parts the evidence proposed.
     callback : callable
         Receives each frame (see the module docstring); not a command-line option.
+    keep_out : Tensor
+        Pixels to keep (see :data:`NOT_OPTIONS`): the pre-explanation, the region and every
+        attempt stay outside them, so the evidence comes from the rest of the face; not a
+        command-line option.
     """
-    state = SampleState(problem, x, target, callback)
+    state = SampleState(problem, x, target, callback, keep_out)
     if not 1 <= views <= len(VIEWS):
         raise ValueError(f"views must be in 1..{len(VIEWS)}, got {views}")
     levels = tuple(sorted(levels))
@@ -735,6 +765,8 @@ def _pre_explanation(state: SampleState, pre_t: int, pre_steps: int, pre_scale: 
         evidence = (pre.img - state.reconstruction).abs().sum(1, keepdim=True)
     else:
         raise ValueError(f"evidence_from must be 'attribution' or 'change', got {evidence_from!r}")
+    if state.keep_out is not None:  # the region is chosen among the pixels that may change
+        evidence = evidence * (1 - state.keep_out)
     return evidence, tuple(z_pre.shape[-2:])
 
 
@@ -880,6 +912,8 @@ def _dime_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor, ts: list[
 
 SAMPLERS: dict[str, Callable[..., CFBatch]] = {"seed": seed_ldvce, "guided": guided, "dime": dime,
                                                "adaptive": adaptive}
+#: The samplers that take ``keep_out`` and so can make several counterfactuals per face.
+DIVERSE = ("guided", "adaptive")
 
 
 def get_sampler(name: str) -> Callable[..., CFBatch]:
@@ -889,6 +923,6 @@ def get_sampler(name: str) -> Callable[..., CFBatch]:
 
 
 def sampler_defaults(name: str) -> dict:
-    """The keyword options of sampler ``name`` with their defaults (``callback`` left out)."""
+    """The keyword options of sampler ``name`` with their defaults (:data:`NOT_OPTIONS` left out)."""
     return {k: p.default for k, p in inspect.signature(get_sampler(name)).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and k != "callback"}
+            if p.kind is p.KEYWORD_ONLY and k not in NOT_OPTIONS}

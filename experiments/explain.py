@@ -1,6 +1,7 @@
 """``ldvce explain`` and ``ldvce crp``: LRP heatmaps and CRP concept analysis of a run or a folder.
 
-``explain`` writes, for each counterfactual folder ``OUT/<image_id>/`` of a generation run,
+``explain`` writes, for each counterfactual folder ``OUT/<image_id>/`` of a generation run (and
+each further counterfactual's folder ``OUT/<image_id>/cf<r>/`` of a ``--num-cfs`` run),
 ``heatmap_<composite>_pre.png|.npy`` (original) and ``heatmap_<composite>_post.png|.npy``
 (counterfactual) — the ``.npy`` is the 2-D float relevance map, the PNG the same on a symmetric
 bwr scale with a colour bar (pre and post share the scale) — and the panel figure
@@ -150,12 +151,18 @@ class _Inputs:
 def _explain_inputs(run_dir: Path, size: int, out_dir) -> _Inputs:
     out_dir = Path(out_dir) if out_dir else run_dir
     if runfolder.is_run(run_dir):
-        items = runfolder.list_items(run_dir)
-        ids = [it.image_id for it in items]
-        return _Inputs("run", ids, [load_image(it.original, size) for it in items],
-                       [load_image(it.counterfactual, size) if it.counterfactual.exists()
-                        else None for it in items],
-                       [out_dir / i for i in ids], [it.result for it in items], out_dir)
+        # every counterfactual of an image (``--num-cfs``): rank r ≥ 2 is its own row,
+        # "<image_id>/cf<r>", with its heatmaps in that rank's folder
+        pairs = [(it, c) for it in runfolder.list_items(run_dir) for c in it.counterfactuals]
+        originals = {it.image_id: load_image(it.original, size) for it, _ in pairs}
+        rel = [runfolder.rank_folder(c.rank) for _, c in pairs]
+        return _Inputs("run", [it.image_id if r == "." else f"{it.image_id}/{r}"
+                               for (it, _), r in zip(pairs, rel)],
+                       [originals[it.image_id] for it, _ in pairs],
+                       [load_image(c.counterfactual, size) if c.counterfactual.exists() else None
+                        for _, c in pairs],
+                       [out_dir / it.image_id / r for (it, _), r in zip(pairs, rel)],
+                       [c.result for _, c in pairs], out_dir)
     loaded = load_folder(run_dir, size)
     for path, why in loaded.problems:
         print(f"skipped {path.name}: {why}")

@@ -251,14 +251,14 @@ def classifier_evaluate(checkpoint: str, *, data: str, attr_file: str | None = N
 def _sampler_groups(parser) -> None:
     """``ldvce generate``: --method's choices and default, and one option group per sampler
     generated from its signature and docstring (``--guided.scale``, ``--seed.max_iter``…)."""
-    from dvce.samplers import DEFAULT_METHOD, SAMPLERS
+    from dvce.samplers import DEFAULT_METHOD, NOT_OPTIONS, SAMPLERS
     for action in parser._actions:
         if action.dest == "method":
             action.choices = list(SAMPLERS)
     parser.set_defaults(method=DEFAULT_METHOD)
     for name, sampler in SAMPLERS.items():
         parser.add_function_arguments(sampler, nested_key=name,
-                                      skip={"problem", "x", "target", "callback"})
+                                      skip={"problem", "x", "target", *NOT_OPTIONS})
 
 
 @CLI.command("generate", extend=_sampler_groups)
@@ -268,7 +268,8 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
              target: Literal["auto", "0", "1"] = "auto", method: str | None = None, out: str,
              batch_size: int = 8, device: str = "auto", devices: int | None = None,
              num_nodes: int = 1, accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto",
-             strategy: Literal["auto", "ddp"] = "auto", **sampler_options) -> dict | None:
+             strategy: Literal["auto", "ddp"] = "auto", num_cfs: int = 1,
+             **sampler_options) -> dict | None:
     """Generate counterfactuals (one folder per image, resumable).
 
     Give --images or --lmdb. The chosen --method's options are its group below (e.g.
@@ -313,6 +314,11 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
         With --devices: auto uses the GPUs when there are any.
     strategy : str
         With --devices: auto is ddp for more than one process (gloo on CPU, NCCL on GPUs).
+    num_cfs : int
+        Up to this many different counterfactuals per image (guided, adaptive): each next one
+        is kept out of the pixels the earlier flipping ones changed, so it must flip the
+        decision elsewhere; ranked by L1, rank 1 in the image's folder, rank r in cf<r>/.
+        `ldvce evaluate` then reports every rank and their diversity.
     """
     from dvce import runner
     from dvce.samplers import DEFAULT_METHOD
@@ -320,6 +326,11 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     if (images is None) == (lmdb is None):
         raise SystemExit("ldvce generate: give exactly one of --images or --lmdb")
     options = _method_options(method, sampler_options)
+    from dvce.diverse import check_method
+    try:
+        check_method(method, num_cfs)  # before anything is loaded
+    except ValueError as e:
+        raise SystemExit(f"ldvce generate: {e}")
     several = devices is not None  # Lightning Fabric processes (dvce/distributed.py)
     if several and device != "auto":
         raise SystemExit("ldvce generate: --device picks one device; with --devices use "
@@ -339,14 +350,19 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
             summary = run_distributed(items, problem, out, method=method, target=target,
                                       batch_size=batch_size, options=options, settings=settings,
                                       devices=devices, num_nodes=num_nodes,
-                                      accelerator=accelerator, strategy=strategy)
+                                      accelerator=accelerator, strategy=strategy,
+                                      num_cfs=num_cfs)
         except ValueError as e:
             raise SystemExit(f"ldvce generate: {e}")
         if summary is None:
             return None  # not rank 0: rank 0 reports
     else:
-        summary = runner.run(items, problem, out, method=method, target=target,
-                             batch_size=batch_size, options=options, settings=settings)
+        try:
+            summary = runner.run(items, problem, out, method=method, target=target,
+                                 batch_size=batch_size, options=options, settings=settings,
+                                 num_cfs=num_cfs)
+        except ValueError as e:
+            raise SystemExit(f"ldvce generate: {e}")
     _report_generation(summary, method, out, items)
     return summary
 

@@ -391,6 +391,10 @@ def compute_study(
         "figures": {},
     }
     run_dirs = {img: find_run_dir(runs_dir, img, run_layout) for img in ex.images}
+    for img in ex.selection_images:  # a further counterfactual "<id>.cf<r>" lives in <id>'s folder
+        base, rank = runfolder.split_rank_id(img)
+        if run_dirs.get(img) is None and rank > 1:
+            run_dirs[img] = find_run_dir(runs_dir, base, run_layout)
     summary["selection"], selection_plots = _selection_task(ex, run_dirs, included)
 
     hrh_people = included if exclude_outliers_from_hrh else None
@@ -505,14 +509,26 @@ def write_outputs(ev: Evaluation, out: Path) -> dict:
     return summary
 
 
+def _shown_item(folder, image_id: str) -> runfolder.RunItem | None:
+    """The run item whose frames selection image ``image_id`` showed: the item in ``folder``, or
+    for ``<id>.cf<r>`` its counterfactual of rank r (``counterfactuals: all`` in the study)."""
+    result = runfolder.read_result(folder) if folder is not None else None
+    if result is None:
+        return None
+    item = runfolder.RunItem(folder.name, Path(folder), result)
+    base, rank = runfolder.split_rank_id(image_id)
+    return runfolder.rank_item(item, rank) if rank > 1 and Path(folder).name == base else item
+
+
 def _selection_task(ex: StudyExport, run_dirs: dict, included: list[str]) -> tuple[dict, dict]:
     """Per selection image: the summary entry, and what its histogram shows (see :class:`Evaluation`)."""
     entries, plots = {}, {}
     for img in ex.selection_images:
         table = ex.selections.get(img, {})
-        result = runfolder.read_result(run_dirs[img]) if run_dirs.get(img) else None
+        item = _shown_item(run_dirs.get(img), img)
+        result = item.result if item is not None else None
         switch = S.switch_frame_from_result(result)
-        thumbs = runfolder.frame_paths(run_dirs[img], result or {}) if run_dirs.get(img) else []
+        thumbs = item.frame_paths() if item is not None else []
         # The histogram must reach the run's last frame and its switch frame even if nobody chose them.
         max_frame = max([len(thumbs) - 1] + ([switch] if switch is not None else []))
         max_frame = max_frame if max_frame >= 0 else None

@@ -62,7 +62,7 @@ def test_clever_hans_notebook(tmp_path):
     import json
     out = tmp_path / "clever_hans"
     run_notebook("clever_hans", {"n_images": 2, "n_reference": 32, "shortcut_n": 2,
-                                 "out": str(out)}, tmp_path)
+                                 "num_cfs": 2, "out": str(out)}, tmp_path)
     summary = json.loads((out / "summary.json").read_text())["spurious"]
     for role in ("biased", "clean"):
         for key in ("hat_change_rate", "mouth_change_rate", "oracle_hat_flip_rate",
@@ -73,6 +73,10 @@ def test_clever_hans_notebook(tmp_path):
     assert (out / "overview.png").exists() and (out / "worlds.png").exists()
     shortcut = json.loads((out / "shortcut" / "shortcut.json").read_text())
     assert set(shortcut["attributes"]) == {"Wearing_Hat", "Eyeglasses"}
+    several = json.loads((out / "several" / "summary.json").read_text())["spurious"]
+    assert several["num_cfs"] == 2 and (out / "several" / "counterfactuals.png").exists()
+    for role in ("biased", "clean"):
+        assert several[role]["any_hat_change_rate"] >= several[role]["hat_change_rate"]
 
 
 @pytest.mark.integration

@@ -32,6 +32,7 @@ class CleverHansConfig:
     quick_images: int = 4
     method: str = "default"
     options: dict = field(default_factory=dict)
+    num_cfs: int = 1
     composite: str = "epsilon_plus_flat"
     crp_layers: str = "net.layer3,net.layer4"
     n_reference: int = 200

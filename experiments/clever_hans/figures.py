@@ -95,6 +95,50 @@ def overview_figure(out, results: dict, path, answer_key: dict | None = None,
     return save_figure(fig, path, dpi=dpi)
 
 
+def counterfactuals_figure(results: dict, path, n_show: int = 8, dpi: int = 130):
+    """Every counterfactual of each face (``num_cfs`` > 1), rank 1 (smallest change) first, for
+    the biased and the clean classifier: under each its change per pixel on the hat and on the
+    mouth (the larger one in capitals) and whether it flipped."""
+    ids = [i for i in results["biased"]["maps"] if i in results["clean"]["maps"]][:n_show]
+    k = {role: max(len(results[role]["maps"][i].get("counterfactuals", [])) for i in ids)
+         for role in ROLES}
+    ncols, cell = 1 + sum(k.values()), 1.25
+    fig = _figure(ncols * cell + 0.3, len(ids) * (cell + 0.25) + 0.8)
+    gs = fig.add_gridspec(len(ids), ncols, wspace=0.06, hspace=0.45)
+    for r, image_id in enumerate(ids):
+        ax = fig.add_subplot(gs[r, 0])
+        ax.imshow(to_uint8_image(results["biased"]["maps"][image_id]["original"]))
+        ax.set_xticks([]); ax.set_yticks([])
+        ax.set_ylabel(f"row {image_id}", fontsize=7)
+        if r == 0:
+            ax.set_title("original", fontsize=7)
+        c = 1
+        for role in ROLES:
+            imgs = results[role]["maps"][image_id].get("counterfactuals", [])
+            ranks = results[role]["per_image"][image_id].get("ranks", [])
+            for j in range(k[role]):
+                ax = fig.add_subplot(gs[r, c + j])
+                ax.set_xticks([]); ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"{role}: CF {j + 1}", fontsize=7)
+                if j >= len(imgs):
+                    ax.axis("off")
+                    continue
+                e = ranks[j]
+                ax.imshow(to_uint8_image(imgs[j]))
+                hat, mouth = e["hat_density"], e["mouth_density"]
+                where = f"HAT {hat:.2f} · mouth {mouth:.2f}" if hat > mouth else \
+                    f"hat {hat:.2f} · MOUTH {mouth:.2f}"
+                ax.set_xlabel(f"{where}\n{'flips' if e['flipped'] else 'no flip'}",
+                              fontsize=5.5, labelpad=1)
+            c += k[role]
+    fig.suptitle("Several counterfactuals per face, each kept out of the regions the earlier ones "
+                 "changed\nat least one changes the hat most: "
+                 f"biased {percent(results['biased'].get('any_hat_change_rate'))}, "
+                 f"clean {percent(results['clean'].get('any_hat_change_rate'))}", fontsize=8)
+    return save_figure(fig, path, dpi=dpi)
+
+
 def world_figure(path, strength: float = DEFAULT.strength, n: int = 8, seed: int = 0):
     """Example faces of the biased training world (hats copy smiles with ``strength``) and of
     the decorrelated world, half smiling, half not, labelled; saved to ``path``."""

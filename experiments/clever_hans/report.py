@@ -31,7 +31,11 @@ ROWS = [("flip_rate", "counterfactual flips the classifier"),
         ("accuracy_conflicting", "Smiling accuracy where hat ≠ smile"),
         ("sampler_mask_fraction", "sampler mask: share of the image"),
         ("sampler_mask_hat_coverage", "sampler mask: share of the hat region"),
-        ("l1", "mean |Δ| (L1)")]
+        ("l1", "mean |Δ| (L1)"),
+        # with several counterfactuals per face (num_cfs > 1)
+        ("any_hat_change_rate", "a counterfactual of the face changes the hat most"),
+        ("two_or_more_rate", "faces with ≥ 2 flipping counterfactuals"),
+        ("mean_pairwise_iou", "mean pairwise IoU of their change masks")]
 
 
 def summary_table(summary: dict) -> str:
@@ -86,6 +90,10 @@ def report_section(doc, out, summary: dict) -> None:
         "(the same faces drawn with a hat, or with a smile) what each classifier really uses.")
     doc.paragraph(reading(summary))
     doc.image(out / "overview.png", "overview", width=1000, embed=True)
+    if (out / "counterfactuals.png").is_file() and b.get("num_cfs", 1) > 1:
+        doc.paragraph(f"Up to {b['num_cfs']} counterfactuals per face, each kept out of the pixels "
+                      "the earlier ones changed (`--num-cfs`), ranked by L1: every one of them.")
+        doc.image(out / "counterfactuals.png", "every counterfactual", width=1000, embed=True)
     doc.table(["", *ROLES], [[label, *(b[role].get(key) for role in ROLES)]
                              for key, label in ROWS], row_headers=True)
     for role in ROLES:

@@ -16,7 +16,7 @@ from dvce.samplers import DEFAULT_METHOD, Problem
 from experiments.clever_hans import data as D
 from experiments.clever_hans.crp import crp_analysis
 from experiments.clever_hans.data import CUE, ROLES, TARGET
-from experiments.clever_hans.figures import overview_figure
+from experiments.clever_hans.figures import counterfactuals_figure, overview_figure
 from experiments.clever_hans.report import write_report
 from experiments.clever_hans.scoring import accuracies, interventions, public_score, score_run
 from experiments.config import as_dict
@@ -31,21 +31,24 @@ def _step(msg: str) -> None:
 
 def generate(run_dir, clf, ldm, folder, rows, method: str = DEFAULT_METHOD,
              options: dict | None = None,
-             batch_size: int = 16, name: str = "", progress: bool = True) -> dict:
+             batch_size: int = 16, name: str = "", progress: bool = True, num_cfs: int = 1) -> dict:
     """Counterfactuals (target: smiling) of dataset ``rows`` into a fresh run folder, with the
-    sampler's own defaults unless ``options`` are given; returns the run summary."""
+    sampler's own defaults unless ``options`` are given, up to ``num_cfs`` per face; returns the
+    run summary."""
     run_dir = Path(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: stale items of other rows or models
     lmdb, attr = toyfaces.paths(folder)
     items = runner.lmdb_items(lmdb, attr, rows, ldm.image_size)
     return runner.run(items, Problem(ldm, clf, attribute_index(TARGET)), run_dir, method=method,
                       target=1, batch_size=batch_size, options=dict(options or {}),
-                      settings={"attribute": TARGET, "classifier": name}, progress=progress)
+                      settings={"attribute": TARGET, "classifier": name}, progress=progress,
+                      num_cfs=num_cfs)
 
 
 def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: float | None = None,
                    data_seed: int | None = None, data_size: int | None = None,
-                   method: str | None = None, options: dict | None = None, crp: bool = True,
+                   method: str | None = None, options: dict | None = None,
+                   num_cfs: int | None = None, crp: bool = True,
                    n_reference: int | None = None, max_pairs: int | None = 8,
                    figure: bool = True, biased=None, clean=None, progress: bool = False,
                    config: D.CleverHansConfig = D.DEFAULT) -> dict:
@@ -61,6 +64,8 @@ def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: flo
     strength : the planted correlation of the biased classifier's training data.
     data_seed, data_size : the unseen test world (both test sets are rendered from it).
     method, options : the counterfactual sampler and its options (default: its own defaults).
+    num_cfs : counterfactuals per face (:mod:`dvce.diverse`); above 1 the scores gain the set's
+        ``any_hat_change_rate`` and diversity.
     crp : also run the CRP analysis (local pairs, concept regions, reference images).
     n_reference : faces of the correlated test set searched for CRP reference images.
     max_pairs : original/counterfactual pairs the CRP local analysis draws and ranks concepts
@@ -71,7 +76,8 @@ def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: flo
     """
     cfg = D.CleverHansConfig(**{**as_dict(config), **{k: v for k, v in dict(
         images=n_images, strength=strength, test_seed=data_seed, test_size=data_size,
-        method=method, options=options, n_reference=n_reference).items() if v is not None},
+        method=method, options=options, num_cfs=num_cfs,
+        n_reference=n_reference).items() if v is not None},
         "max_pairs": max_pairs})
     method = DEFAULT_METHOD if cfg.method == "default" else cfg.method
     t0 = time.perf_counter()
@@ -103,13 +109,15 @@ def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: flo
                                        out, cfg, method, crp, say, progress)
                for role, clf in models.items()}
     block = {"target": TARGET, "cue": CUE, "strength": cfg.strength, "method": method,
-             "options": dict(cfg.options), "data_seed": cfg.test_seed, "images": len(rows),
+             "options": dict(cfg.options), "num_cfs": cfg.num_cfs, "data_seed": cfg.test_seed, "images": len(rows),
              "rows": rows, "composite": cfg.composite,
              "classifiers": {role: str(p) for role, p in ckpts.items()},
              "oracle_sees_rendered_hats": key["rates"]["oracle"]["hat_seen"],
              **{role: public_score(r) for role, r in results.items()}}
     if figure:
         overview_figure(out, results, out / "overview.png", answer_key=key, rows=rows)
+        if cfg.num_cfs > 1:
+            counterfactuals_figure(results, out / "counterfactuals.png")
     summary = {"spurious": block, "seconds": round(time.perf_counter() - t0, 1)}
     for role in ROLES:
         write_json(out / role / "scores.json",
@@ -134,7 +142,7 @@ def _score_classifier(role, clf, oracle, ldm, sets, masks, rows, rates, out, cfg
     say(f"{role}: counterfactuals ({method}) → {run_dir}")
     gen = generate(run_dir, clf, ldm, sets["decorrelated"], rows, method, cfg.options,
                    name=f"{role} ({CUE} p={cfg.strength:g})" if role == "biased" else "toy_resnet",
-                   progress=progress)
+                   progress=progress, num_cfs=cfg.num_cfs)
     explain_run(run_dir, clf, [cfg.composite], TARGET, "logit", progress=progress)
     score = score_run(run_dir, clf, oracle, masks, cfg.composite)
     score.update(acc)

@@ -15,8 +15,8 @@ import toyfaces
 from classifier.attributes import attribute_index
 from classifier.evaluate import dataset_for, predict
 from classifier.images import load_image
-from dvce.metrics import (decision_flip_rates, load_run, region_densities, region_shares,
-                          undo_region)
+from dvce.metrics import (decision_flip_rates, diversity, load_run, region_densities,
+                          region_shares, undo_region)
 from experiments.clever_hans.data import CUE, DEFAULT, TARGET
 from study.metrics import decision_relevance_mass
 from toyfaces.render import render
@@ -149,8 +149,31 @@ def score_run(run_dir, clf, oracle, masks: dict, composite: str = DEFAULT.compos
     if mask_frac:
         out["sampler_mask_fraction"] = mean(mask_frac)
         out["sampler_mask_hat_coverage"] = mean(mask_hat)
+    if any("counterfactuals" in it.result for it in items):  # a --num-cfs run
+        out.update(every_counterfactual(items, x, hat, mouth, per, maps))
     out["per_image"], out["maps"] = per, maps
     return out
+
+
+def every_counterfactual(items, x, hat, mouth, per: dict, maps: dict) -> dict:
+    """The scores of a run with several counterfactuals per face: ``any_hat_change_rate``, the
+    share of faces of which at least one counterfactual changes the hat more than the mouth
+    (per pixel, as :func:`change_rates`), and :func:`dvce.metrics.diversity`. Adds each face's
+    per-rank ``hat_density``/``mouth_density``/``flipped``/``l1`` to ``per`` and its
+    counterfactual images to ``maps`` (for the figure)."""
+    any_hat = []
+    for i, it in enumerate(items):
+        ranks, images = [], []
+        for c in it.counterfactuals:
+            img = load_image(c.counterfactual, None)
+            h_d, m_d = region_densities((img - x[i]).abs().sum(0).numpy(), hat[i], mouth[i])
+            ranks.append({"rank": c.rank, "flipped": c.flipped, "l1": float(c.result["l1"]),
+                          "hat_density": h_d, "mouth_density": m_d})
+            images.append(img)
+        per[it.image_id]["ranks"] = ranks
+        maps[it.image_id]["counterfactuals"] = images
+        any_hat.append(any(r["hat_density"] > r["mouth_density"] for r in ranks))
+    return {"any_hat_change_rate": float(np.mean(any_hat)), **diversity(items, x)}
 
 
 def public_score(score: dict) -> dict:

@@ -16,6 +16,8 @@ Configuration keys (all optional)::
     annotation_images: ["27300"]                 # polygon task on a subset (default: `images`)
     tasks: [selection, annotation]               # which tasks, in this order
     frames: 8                                    # frames per sequence, chosen evenly (default all)
+    counterfactuals: all                         # `--num-cfs` runs: every counterfactual of an image is a
+                                                 # selection image "<id>.cf<r>" (default: first, rank 1 only)
     display_size: 512                            # annotation image side, px (polygon frame)
     frame_size: 192                              # side of each frame in the selection grid, px
     randomize: true                              # per-participant shuffled image order
@@ -89,6 +91,7 @@ DEFAULTS: dict[str, Any] = {
     "annotation_images": None,
     "tasks": list(TASKS),
     "frames": None,
+    "counterfactuals": "first",
     "display_size": DISPLAY_SIZE,
     "frame_size": 192,
     "randomize": True,
@@ -353,6 +356,8 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
             or len(set(tasks)) != len(tasks)):
         raise StudyConfigError(f"{where}: 'tasks' must list 'selection' and/or 'annotation' once each, got {tasks!r}")
     _int(cfg, "frames", where, 2, optional=True)
+    if cfg["counterfactuals"] not in ("first", "all"):
+        raise StudyConfigError(f"{where}: 'counterfactuals' must be first or all, got {cfg['counterfactuals']!r}")
     _int(cfg, "display_size", where, 64, 4096)
     _int(cfg, "frame_size", where, 32, 1024)
     _int(cfg, "seed", where, 0)
@@ -506,8 +511,11 @@ def pick_frames(n_frames: int, k: int | None, switch_frame: int | None = None) -
 
 
 # ------------------------------------------------------------------------------------ build
-def _finished_items(run_dirs: Sequence) -> tuple[dict[str, runfolder.RunItem], dict[str, Path]]:
-    """``{image id: finished item}`` over ``run_dirs`` and ``{image id: its run folder}``.
+def _finished_items(run_dirs: Sequence, every_counterfactual: bool = False
+                    ) -> tuple[dict[str, runfolder.RunItem], dict[str, Path]]:
+    """``{image id: finished item}`` over ``run_dirs`` and ``{image id: its run folder}``; with
+    ``every_counterfactual`` the further counterfactuals of a ``--num-cfs`` run are items too
+    (``<id>.cf<r>``, :func:`dvce.runfolder.with_ranks`).
 
     Raises :class:`StudyConfigError` for no run folder, a missing one, one without finished
     items, or an image id found in two runs.
@@ -523,6 +531,8 @@ def _finished_items(run_dirs: Sequence) -> tuple[dict[str, runfolder.RunItem], d
         if not rd.is_dir():
             raise StudyConfigError(f"run folder not found: {rd}")
         items = runfolder.list_items(rd)
+        if every_counterfactual:
+            items = runfolder.with_ranks(items)
         if not items:
             raise StudyConfigError(f"{rd}: no finished items (no <image_id>/result.json); is it an `ldvce generate` output folder?")
         for it in items:
@@ -603,13 +613,15 @@ def build_study(run_dirs: Sequence, config: dict | None = None, condition: str |
         frames.
     """
     cfg = config if config is not None else load_config(None)
-    found, where = _finished_items(run_dirs)
+    found, where = _finished_items(run_dirs, cfg["counterfactuals"] == "all")
     wanted = cfg["images"] if cfg["images"] is not None else list(found)
     missing = [i for i in wanted if i not in found]
     if missing:
         raise StudyConfigError(f"image(s) {', '.join(missing)} named in the config are in none of the runs "
                                f"({', '.join(map(str, run_dirs))}); available: {', '.join(list(found)[:20])}")
-    ann = cfg["annotation_images"] if cfg["annotation_images"] is not None else list(wanted)
+    # the polygon task shows the original: once per image, not once per counterfactual
+    ann = (cfg["annotation_images"] if cfg["annotation_images"] is not None
+           else [i for i in wanted if found[i].rank_dir == "."])
     extra = [i for i in ann if i not in wanted]
     if extra:
         raise StudyConfigError(f"annotation_images {', '.join(extra)} are not in 'images'")

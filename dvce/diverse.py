@@ -1,0 +1,94 @@
+"""Several different counterfactuals per face (``ldvce generate --num-cfs K``).
+
+The rule: the first counterfactual is the sampler's usual one. Each next one is made by the same
+sampler with ``keep_out`` — the union of the regions the earlier *flipping* counterfactuals of that
+face changed (:func:`dvce.metrics.change_mask` of |x′ − x|) — so it has to find another way to
+flip the decision: its mask (``guided``) or its pre-explanation and region (``adaptive``) come from
+the rest of the face. A face whose latest counterfactual did not flip gets no further one (with
+the same ``keep_out`` the sampler, deterministic, would make the same). The counterfactuals that
+flip are then ranked by L1 (rank 1 is the smallest change); when none flips, the first one made is
+the only one kept, as a run with one counterfactual per face does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from dvce.metrics import change_mask
+from dvce.samplers import DIVERSE, CFBatch, FrameRecorder, Problem
+
+
+@dataclass
+class Candidate:
+    """One counterfactual of one face: sample ``i`` of the sampler's batch ``res``, its frame
+    sequence and logits, and the round ``made`` in (1 = the first, unconstrained one)."""
+    res: CFBatch
+    i: int
+    frames: list[torch.Tensor]
+    logits: list[float]
+    made: int
+
+    @property
+    def failed(self) -> str | None:
+        return self.res.failed[self.i]
+
+    @property
+    def flipped(self) -> bool:
+        return bool(self.res.flipped[self.i])
+
+    @property
+    def counterfactual(self) -> torch.Tensor:
+        return self.res.counterfactual[self.i].detach().cpu()
+
+    def l1(self, x: torch.Tensor) -> float:
+        return float((self.counterfactual.float() - x.detach().cpu().float()).abs().mean())
+
+
+def check_method(method: str, num_cfs: int) -> None:
+    """Raise a clear error when ``num_cfs`` is not possible with ``method``."""
+    if num_cfs < 1:
+        raise ValueError(f"--num-cfs must be at least 1, got {num_cfs}")
+    if num_cfs > 1 and method not in DIVERSE:
+        raise ValueError(f"--num-cfs {num_cfs} needs a method that can keep a region untouched "
+                         f"({', '.join(DIVERSE)}); {method!r} cannot")
+
+
+def counterfactual_rounds(problem: Problem, x: torch.Tensor, target: torch.Tensor,
+                          sampler: Callable[..., CFBatch], options: dict,
+                          num_cfs: int) -> list[list[Candidate]]:
+    """Per face of ``x``, the counterfactuals made in order (see the module docstring). With
+    ``num_cfs`` 1 this is exactly one call of the sampler, as a plain run makes."""
+    b = len(x)
+    made: list[list[Candidate]] = [[] for _ in range(b)]
+    keep_out = torch.zeros(b, 1, *x.shape[-2:])
+    rows = list(range(b))
+    for k in range(num_cfs):
+        if not rows:
+            break
+        recorder = FrameRecorder(len(rows))
+        opts = dict(options) if k == 0 else {**options, "keep_out": keep_out[rows]}
+        res = sampler(problem, x[rows], target[rows], callback=recorder, **opts)
+        again = []
+        for j, i in enumerate(rows):
+            c = Candidate(res, j, recorder.frames[j], recorder.logits[j], k + 1)
+            made[i].append(c)
+            if c.failed is None and c.flipped:
+                delta = (c.counterfactual.float() - x[i].detach().cpu().float()).abs().sum(0)
+                keep_out[i, 0] = torch.maximum(keep_out[i, 0],
+                                               torch.from_numpy(change_mask(delta.numpy())).float())
+                again.append(i)
+        rows = again
+    return made
+
+
+def ranked(candidates: list[Candidate], x: torch.Tensor) -> list[Candidate]:
+    """The counterfactuals of one face to keep, rank 1 first: those that flipped, by L1; when none
+    did, the first one made (failed ones never; empty when the first one failed)."""
+    ok = [c for c in candidates if c.failed is None]
+    flipped = sorted((c for c in ok if c.flipped), key=lambda c: c.l1(x))
+    if flipped:
+        return flipped
+    first = candidates[0] if candidates else None
+    return [first] if first is not None and first.failed is None else []

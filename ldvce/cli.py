@@ -850,7 +850,8 @@ CLI.group("bench", "benchmarks that print side-by-side ratios")
 def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
                    device: str = "auto", protocol: Literal["basic", "full"] = "basic",
                    out: str = "runs/bench-protocol", devices: int | None = None,
-                   batch_size: int = 2):
+                   batch_size: int = 2, arch: Literal["toy", "compvis"] = "toy",
+                   dtype: Literal["fp32", "bf16"] = "fp32", peak_tflops: float | None = None):
     """Seed-faithful lDVCE vs every other sampler with its defaults, same images.
 
     Parameters
@@ -875,7 +876,26 @@ def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
         1 process with N threads, same toy images.
     batch_size : int
         With --devices: images per batch (batches are what the processes share out).
+    arch : str
+        compvis: instead, one guided step of the exact CompVis/ldm-celebahq-256 architectures at
+        256² (random weights) on --device, part by part (UNet, VQ decoder forward and
+        forward + VJP, a fresh distilled decoder, the ResNet50 through 4 views), the whole step
+        with the full and with the distilled decoder, its FLOPs and peak memory; on CUDA also
+        counterfactuals per second (--n images, one guided pass).
+    dtype : str
+        With --arch compvis: fp32 or bf16.
+    peak_tflops : float
+        With --arch compvis: the device's peak TFLOP/s for this dtype, to report model FLOP
+        utilisation (e.g. 989 for an H100 in bf16, 495 in TF32).
     """
+    if arch == "compvis":
+        from benchmarks.common import write_result
+        from benchmarks.parts import bench_parts, print_parts
+        from classifier.devices import resolve_device
+        r = bench_parts(n, resolve_device(device), dtype, peak_tflops=peak_tflops)
+        print_parts(r)
+        write_result(r, json)
+        return r
     from benchmarks.generate import run_generate
     return run_generate(n, json_path=json, gpu=gpu, device=device, protocol=protocol, out=out,
                         devices=devices or 0, batch_size=batch_size)

@@ -133,3 +133,18 @@ def test_guided_steps_at_256_with_a_fresh_small_decoder(tmp_path):
                                 grad_decoder=str(tmp_path / "gd"))
     assert out.counterfactual.shape == (1, 3, 256, 256)
     assert torch.isfinite(out.counterfactual).all()
+
+
+def test_step_profile_counts_the_distilled_step_cheaper():
+    """`ldvce bench generate --arch compvis`'s profile, on the toy architectures (fast): every
+    part is timed, and the counted FLOPs of a guided step fall with the small decoder."""
+    from benchmarks.parts import bench_parts
+    r = bench_parts(n=1, device="cpu", views=2, width=8, blocks=1, rate=True,
+                    vq_config=toy_vq_config(64), unet_config=toy_unet_config(16), image_size=64,
+                    peak_tflops=1.0)
+    assert set(r["seconds"]) == {"unet_forward", "vq_decoder_forward", "vq_decoder_forward_vjp",
+                                 "small_decoder_forward_vjp", "classifier_views_forward_backward"}
+    assert all(v > 0 for v in r["seconds"].values())
+    assert 0 < r["step_tflop"]["distilled"] < r["step_tflop"]["full"]
+    assert r["mfu"]["full"] == pytest.approx(r["achieved_tflops"]["full"])
+    assert r["counterfactuals_per_second"]["full"] > 0 and r["peak_rss_gib"] > 0

@@ -181,3 +181,6 @@ def test_explain_and_the_study_show_every_counterfactual(problem, tmp_path, monk
     assert cf2.all_frames[-1] == run / "0" / "cf2" / "sequence" / "002.png"
     assert get_item(run, "0.cf2").counterfactual == run / "0" / "cf2" / "counterfactual.png"
     assert build_study([run]).selection_images == ["0", "1"]  # the default: rank 1 only
+    from study.evaluate import _shown_item  # what `ldvce study eval --runs` draws the frames from
+    assert _shown_item(run / "0", "0.cf2").frame_paths()[-1] == run / "0" / "cf2" / "sequence" / "002.png"
+    assert _shown_item(run / "0", "0").frame_paths()[-1] == run / "0" / "sequence" / "002.png"

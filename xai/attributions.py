@@ -36,7 +36,8 @@ from torch import nn
 from zennit.attribution import Gradient, IntegratedGradients, SmoothGrad
 
 from classifier.attributes import attribute_index
-from xai.lrp import COMPOSITES, LABELS, _model_device_dtype, attribute as lrp_attribute, preserved
+from xai.lrp import (COMPOSITES, LABELS, _model_device_dtype, attribute as lrp_attribute, parse_names,
+                     preserved)
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,7 @@ def register_method(name: str, label: str, family: str, needs_counterfactual: bo
 
 def parse_methods(spec: str | list[str] | None) -> list[str]:
     """``"gradcam,occlusion"`` (or a list) -> validated registry names; None -> all."""
-    if spec is None:
-        return list(METHODS)
-    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    names = [n for n in names if n]
-    bad = [n for n in names if n not in METHODS]
-    if bad or not names:
-        raise ValueError(f"unknown method(s) {bad or spec!r}; choose from {list(METHODS)}")
-    return names
+    return list(METHODS) if spec is None else parse_names(spec, METHODS, "method")
 
 
 # ------------------------------------------------------------------------------ the decision

@@ -186,14 +186,20 @@ def get_composite(name: str | Composite, model: nn.Module) -> Composite:
     return COMPOSITES[name](model)
 
 
-def parse_composites(spec: str | list[str]) -> list[str]:
-    """``"lrp0,epsilon_plus_flat"`` -> validated list of registry names."""
+def parse_names(spec: str | list[str], known, what: str) -> list[str]:
+    """``"a,b"`` (or a list) -> the names, each checked against ``known`` (a registry); a clear
+    error naming ``what`` (e.g. "composite") for unknown or no names."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     names = [n for n in names if n]
-    bad = [n for n in names if n not in COMPOSITES]
+    bad = [n for n in names if n not in known]
     if bad or not names:
-        raise ValueError(f"unknown composite(s) {bad or spec!r}; choose from {sorted(COMPOSITES)}")
+        raise ValueError(f"unknown {what}(s) {bad or spec!r}; choose from {sorted(known)}")
     return names
+
+
+def parse_composites(spec: str | list[str]) -> list[str]:
+    """``"lrp0,epsilon_plus_flat"`` -> validated list of registry names."""
+    return parse_names(spec, COMPOSITES, "composite")
 
 
 # ---------------------------------------------------------------------------- model guard

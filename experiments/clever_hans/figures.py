@@ -132,8 +132,8 @@ def counterfactuals_figure(results: dict, path, n_show: int = 8, dpi: int = 130)
                 ax.set_xlabel(f"{where}\n{'flips' if e['flipped'] else 'no flip'}",
                               fontsize=5.5, labelpad=1)
             c += k[role]
-    fig.suptitle("Several counterfactuals per face, each kept out of the regions the earlier ones "
-                 "changed\nat least one changes the hat most: "
+    fig.suptitle("Several counterfactuals per face, each keeping the pixels the earlier ones "
+                 "changed most\nat least one changes the hat most: "
                  f"biased {percent(results['biased'].get('any_hat_change_rate'))}, "
                  f"clean {percent(results['clean'].get('any_hat_change_rate'))}", fontsize=8)
     return save_figure(fig, path, dpi=dpi)

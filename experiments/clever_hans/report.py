@@ -91,8 +91,8 @@ def report_section(doc, out, summary: dict) -> None:
     doc.paragraph(reading(summary))
     doc.image(out / "overview.png", "overview", width=1000, embed=True)
     if (out / "counterfactuals.png").is_file() and b.get("num_cfs", 1) > 1:
-        doc.paragraph(f"Up to {b['num_cfs']} counterfactuals per face, each kept out of the pixels "
-                      "the earlier ones changed (`--num-cfs`), ranked by L1: every one of them.")
+        doc.paragraph(f"Up to {b['num_cfs']} counterfactuals per face, each keeping the pixels "
+                      "the earlier ones changed most (`--num-cfs`), ranked by L1: every one.")
         doc.image(out / "counterfactuals.png", "every counterfactual", width=1000, embed=True)
     doc.table(["", *ROLES], [[label, *(b[role].get(key) for role in ROLES)]
                              for key, label in ROWS], row_headers=True)

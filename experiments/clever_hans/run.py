@@ -63,9 +63,8 @@ def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: flo
     n_images : not-smiling, hat-less faces of the unseen folder that both classifiers flip.
     strength : the planted correlation of the biased classifier's training data.
     data_seed, data_size : the unseen test world (both test sets are rendered from it).
-    method, options : the counterfactual sampler and its options (default: its own defaults).
-    num_cfs : counterfactuals per face (:mod:`dvce.diverse`); above 1 the scores gain the set's
-        ``any_hat_change_rate`` and diversity.
+    method, options, num_cfs : the sampler, its options (default: its own defaults) and the
+        counterfactuals per face (:mod:`dvce.diverse`; above 1 also their diversity scores).
     crp : also run the CRP analysis (local pairs, concept regions, reference images).
     n_reference : faces of the correlated test set searched for CRP reference images.
     max_pairs : original/counterfactual pairs the CRP local analysis draws and ranks concepts
@@ -76,8 +75,8 @@ def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: flo
     """
     cfg = D.CleverHansConfig(**{**as_dict(config), **{k: v for k, v in dict(
         images=n_images, strength=strength, test_seed=data_seed, test_size=data_size,
-        method=method, options=options, num_cfs=num_cfs,
-        n_reference=n_reference).items() if v is not None},
+        method=method, options=options, num_cfs=num_cfs, n_reference=n_reference).items()
+        if v is not None},
         "max_pairs": max_pairs})
     method = DEFAULT_METHOD if cfg.method == "default" else cfg.method
     t0 = time.perf_counter()
@@ -116,8 +115,8 @@ def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: flo
              **{role: public_score(r) for role, r in results.items()}}
     if figure:
         overview_figure(out, results, out / "overview.png", answer_key=key, rows=rows)
-        if cfg.num_cfs > 1:
-            counterfactuals_figure(results, out / "counterfactuals.png")
+    if figure and cfg.num_cfs > 1:
+        counterfactuals_figure(results, out / "counterfactuals.png")
     summary = {"spurious": block, "seconds": round(time.perf_counter() - t0, 1)}
     for role in ROLES:
         write_json(out / role / "scores.json",

@@ -179,18 +179,20 @@ def format_table(result: dict) -> str:
     names = sorted({k for r in result["methods"].values() for k in r["metrics"]},
                    key=_metric_order)
     short = {k: k.replace("_accuracy", "").replace("randomisation_similarity", "rand_sim")
-             for k in names}
-    lines = [f"{'method':<22}" + "".join(f"{short[k]:>13}" for k in names)
+             .replace("pointing_game", "pointing").replace("deletion_auc", "deletion")
+             .replace("insertion_auc", "insertion") for k in names}
+    w = {k: max(7, len(short[k]) + 2) for k in names}  # columns never run together
+    lines = [f"{'method':<22}" + "".join(f"{short[k]:>{w[k]}}" for k in names)
              + f"{'s/img':>8}  rand"]
     for name, r in result["methods"].items():
-        cells = "".join(f"{r['metrics'][k]['mean']:>13.3f}" if k in r["metrics"] else f"{'–':>13}"
-                        for k in names)
+        cells = "".join(f"{r['metrics'][k]['mean']:>{w[k]}.3f}" if k in r["metrics"]
+                        else f"{'–':>{w[k]}}" for k in names)
         lines.append(f"{name:<22}{cells}{r['seconds_per_image']:>8.3f}  {r['randomisation'] or '–'}")
     ceiling = result.get("human_ceiling")
     if ceiling:
         lines.append(f"{'human ceiling (LOO)':<22}" + "".join(
-            f"{ceiling[k[4:]]['mean']:>13.3f}" if k.startswith("hrh_") and k[4:] in ceiling
-            else f"{'':>13}" for k in names))
+            f"{ceiling[k[4:]]['mean']:>{w[k]}.3f}" if k.startswith("hrh_") and k[4:] in ceiling
+            else f"{'':>{w[k]}}" for k in names))
     return "\n".join(lines)
 
 

@@ -55,11 +55,15 @@ def bench_parts(n: int = 1, device: str = "cpu", dtype: str = "fp32", views: int
     (on a CPU one counterfactual at 256² takes minutes). ``vq_config``/``unet_config``/
     ``image_size``: other architectures (the tests use the toy ones)."""
     dev, dt = torch.device(device), DTYPES[dtype]
+    if dev.type == "cuda":  # "fp32" means TF32 tensor cores for matmuls and convolutions (say so in the report)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
     ldm = build_random_ldm(vq_config, unet_config).to(dev, dt)
     arch = "resnet50" if image_size >= 128 else "resnet18"
     clf = ResNetClassifier(arch=arch, image_size=image_size).eval().requires_grad_(False).to(dev, dt)
-    small = small_decoder_for(ldm, width, blocks).to(dev, dt).eval().requires_grad_(False)
+    # The sampler keeps the small decoder in float32 and feeds it a float32 latent under bf16 too.
+    small_fp32 = small_decoder_for(ldm, width, blocks).to(dev).eval().requires_grad_(False)
+    small = lambda z_: small_fp32(z_.float())  # noqa: E731
     problem = Problem(ldm, clf, 31)
     f = ldm.downsample
     z = torch.randn(n, int(ldm.vqvae.config.latent_channels), image_size // f, image_size // f,
@@ -102,7 +106,8 @@ def bench_parts(n: int = 1, device: str = "cpu", dtype: str = "fp32", views: int
         with FlopCounterMode(display=False) as counter:
             step(decoder)
         flops[name] = counter.get_total_flops()
-    out = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+    out = {"device": torch.cuda.get_device_name(dev) + (" (TF32)" if dt == torch.float32 else "")
+           if dev.type == "cuda" else "cpu",
            "threads": torch.get_num_threads(), "dtype": dtype, "n": n, "views": views,
            "image_size": image_size, "small_decoder": {"width": width, "blocks": blocks},
            "seconds": parts, "step_seconds": steps,
@@ -116,7 +121,7 @@ def bench_parts(n: int = 1, device: str = "cpu", dtype: str = "fp32", views: int
     else:  # the process's peak resident memory (Linux: KiB)
         out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     if rate if rate is not None else dev.type == "cuda":
-        out["counterfactuals_per_second"] = _cf_rate(problem, x, small, dev)
+        out["counterfactuals_per_second"] = _cf_rate(problem, x, small_fp32, dev)
     return out
 
 

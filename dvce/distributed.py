@@ -133,6 +133,7 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     _check_inputs(items, batch_size, strategy)
     options = dict(options or {})
     settings = runner.run_settings(method, options, settings, num_cfs)
+    runner.check_same_run(out, settings)  # in every process, before any of them starts work
     fabric = _launch(accelerator, devices, num_nodes, strategy)
     rank, world = fabric.global_rank, fabric.world_size
     wait_group = _long_wait_group()

@@ -150,7 +150,8 @@ class RunItem:
         """Every counterfactual of the item, rank 1 first (one for runs without ``--num-cfs``)."""
         listed = self.result.get("counterfactuals")
         if not isinstance(listed, list) or not listed:
-            return [RankedCounterfactual(1, self.folder / self.rank_dir, self.result, self.folder)]
+            rank = split_rank_id(self.image_id)[1] if self.rank_dir != "." else 1
+            return [RankedCounterfactual(rank, self.folder / self.rank_dir, self.result, self.folder)]
         return [RankedCounterfactual(int(d["rank"]), self.folder / d.get("path", "."), d, self.folder)
                 for d in sorted(listed, key=lambda d: int(d["rank"]))]
 
@@ -264,8 +265,9 @@ def rank_item(item: RunItem, rank: int) -> RunItem | None:
         return item
     c = cfs[rank - 1]
     shared = {k: v for k, v in item.result.items() if k != "counterfactuals"}  # source, target…
+    own = {k: v for k, v in c.result.items() if k != "path"}  # the folder is rank_dir
     return RunItem(f"{item.image_id}.cf{rank}", item.folder,
-                   {**shared, **c.result, "image": f"{item.image_id}.cf{rank}",
+                   {**shared, **own, "image": f"{item.image_id}.cf{rank}",
                     "status": "ok" if c.flipped else "not_flipped"}, rank_folder(rank))
 
 

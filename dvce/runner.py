@@ -213,7 +213,7 @@ def run(items: list[Item], problem: Problem, out, method: str = "guided", target
     sampler = get_sampler(method)
     options = dict(options or {})
     settings = run_settings(method, options, settings, num_cfs)
-    order, todo, extra = resume_state(items, out)
+    order, todo, extra = resume_state(items, out, settings)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"lDVCE ({method})",
                unit="img", disable=not progress)
     for batch in _batches(todo, batch_size):
@@ -233,12 +233,14 @@ def run_settings(method: str, options: dict, settings: dict | None, num_cfs: int
             **({"num_cfs": num_cfs} if num_cfs > 1 else {})}
 
 
-def resume_state(items: list[Item], out) -> tuple[list[str], list[Item], dict[str, dict]]:
+def resume_state(items: list[Item], out, settings: dict | None = None
+                 ) -> tuple[list[str], list[Item], dict[str, dict]]:
     """Where a run into ``out`` stands: ``(order, todo, records)``.
 
     ``order`` is the input order of the ids, ``todo`` the items without a finished folder or a
     failure record, ``records`` the failed/unreadable entries of the manifest (kept, not retried).
-    Creates ``out`` and removes folders left half-written by a killed run.
+    Creates ``out`` and removes folders left half-written by a killed run. With ``settings``
+    (:func:`run_settings`), refuses to resume a run made with another method or ``--num-cfs``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,10 +249,28 @@ def resume_state(items: list[Item], out) -> tuple[list[str], list[Item], dict[st
     if len(set(order)) != len(order):
         raise ValueError("image ids must be unique (two files share a name stem?)")
     done = rf.finished(out)
+    if settings is not None:
+        check_same_run(out, settings, done)
     extra = {k: v for k, v in rf.read_manifest(out).items()
              if v["status"] in ("failed", "unreadable")}
     todo = [it for it in items if it.image_id not in done and it.image_id not in extra]
     return order, todo, extra
+
+
+def check_same_run(out, settings: dict, done: dict[str, dict] | None = None) -> None:
+    """A resumed run must be made the way its finished items (``done``, default: read from
+    ``out``) were: one run folder, one method and one number of counterfactuals per image (what
+    ``evaluate`` and the study read as one run). Raises ValueError otherwise."""
+    out = Path(out)
+    done = rf.finished(out) if done is None else done
+    want = (settings.get("method"), settings.get("num_cfs", 1))
+    for image_id, result in done.items():
+        have = (result.get("method"), result.get("num_cfs", 1))
+        if have[0] is not None and have != want:
+            raise ValueError(
+                f"{out} already holds counterfactuals made with method={have[0]}, num_cfs={have[1]} "
+                f"(e.g. {out / image_id}); this run asks for method={want[0]}, num_cfs={want[1]}. "
+                "Resume with the same settings, or write to a new --out.")
 
 
 def generate_batch(batch: list[Item], problem: Problem, out: Path, sampler, target, options: dict,

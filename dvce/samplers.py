@@ -597,6 +597,8 @@ def _prune(state: SampleState, idx: torch.Tensor, out: PassResult, region: torch
                 if not trial:
                     break
                 pm = _pixel_mask(sum(parts[k] for k in trial)[None].clamp(max=1), size)
+                if state.keep_out is not None:  # the blurred edge must not reach kept pixels
+                    pm = pm * (1 - state.keep_out[idx[j:j + 1]]).to(pm.dtype)
                 cand = pm * out.img[j:j + 1] + (1 - pm) * x[j:j + 1]
                 lg = problem.logit(cand)
                 ok = bool(_signed(lg, tgt) >= margin)

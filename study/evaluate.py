@@ -462,7 +462,10 @@ def _condition_switch(name: str, img: str, selection: dict, condition_runs: dict
     ``condition_runs`` names one, else the overall one of the summary's ``selection``."""
     if condition_runs and name in condition_runs:
         d = find_run_dir(condition_runs[name], img, run_layout)
-        return S.switch_frame_from_result(runfolder.read_result(d)) if d else None
+        if d is None:  # a further counterfactual "<id>.cf<r>" lives in <id>'s folder
+            d = find_run_dir(condition_runs[name], runfolder.split_rank_id(img)[0], run_layout)
+        item = _shown_item(d, img)
+        return S.switch_frame_from_result(item.result) if item is not None else None
     return (selection.get(img) or {}).get("switch_frame")
 
 
@@ -510,14 +513,14 @@ def write_outputs(ev: Evaluation, out: Path) -> dict:
 
 
 def _shown_item(folder, image_id: str) -> runfolder.RunItem | None:
-    """The run item whose frames selection image ``image_id`` showed: the item in ``folder``, or
-    for ``<id>.cf<r>`` its counterfactual of rank r (``counterfactuals: all`` in the study)."""
-    result = runfolder.read_result(folder) if folder is not None else None
-    if result is None:
+    """The run item whose frames selection image ``image_id`` showed: the item in ``folder`` (one
+    without ``result.json`` still shows its frame files), or for ``<id>.cf<r>`` its counterfactual
+    of rank r (``counterfactuals: all`` in the study; None when the run has no such rank)."""
+    if folder is None or not Path(folder).is_dir():
         return None
-    item = runfolder.RunItem(folder.name, Path(folder), result)
-    base, rank = runfolder.split_rank_id(image_id)
-    return runfolder.rank_item(item, rank) if rank > 1 and Path(folder).name == base else item
+    item = runfolder.RunItem(Path(folder).name, Path(folder), runfolder.read_result(folder) or {})
+    rank = runfolder.split_rank_id(image_id)[1]
+    return runfolder.rank_item(item, rank) if rank > 1 and "counterfactuals" in item.result else item
 
 
 def _selection_task(ex: StudyExport, run_dirs: dict, included: list[str]) -> tuple[dict, dict]:

@@ -1,5 +1,7 @@
 """Several counterfactuals per face (``--num-cfs``): the change mask and IoU by hand, the
 keep-out rule of the samplers and of the rounds, ranking, the run folder and ``evaluate``."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -146,6 +148,10 @@ def test_run_folder_holds_every_rank_and_evaluate_reports_them(problem, tmp_path
     assert m["diversity"]["mean_pairwise_iou"] == 0.0
     assert m["diversity"]["two_or_more_rate"] == 1.0 and m["diversity"]["mean_flipping"] == 3.0
 
+    with pytest.raises(ValueError, match="num_cfs=3.*num_cfs=2.*new --out"):  # nothing mixed in
+        runner.run(items, problem, tmp_path / "run", method="quadrants", target=1, num_cfs=2,
+                   progress=False)
+
     plain = runner.run(items, problem, tmp_path / "plain", method="quadrants", target=1,
                        progress=False)  # one counterfactual: the layout and metrics of before
     assert plain["n"] == 3
@@ -184,3 +190,12 @@ def test_explain_and_the_study_show_every_counterfactual(problem, tmp_path, monk
     from study.evaluate import _shown_item  # what `ldvce study eval --runs` draws the frames from
     assert _shown_item(run / "0", "0.cf2").frame_paths()[-1] == run / "0" / "cf2" / "sequence" / "002.png"
     assert _shown_item(run / "0", "0").frame_paths()[-1] == run / "0" / "sequence" / "002.png"
+    assert _shown_item(run / "0", "0.cf3") is None  # a rank the run does not have shows nothing
+    ranked = get_item(run, "0.cf2")
+    assert [c.rank for c in ranked.counterfactuals] == [2] and "path" not in ranked.result
+    assert ranked.counterfactuals[0].folder == run / "0" / "cf2"
+    bare = tmp_path / "other_tool" / "5"  # another tool's folder: frames, no result.json
+    bare.mkdir(parents=True)
+    for k in range(2):
+        shutil.copy(run / "0" / "sequence" / f"00{k}.png", bare / f"frame_{k}.png")
+    assert [p.name for p in _shown_item(bare, "5").frame_paths()] == ["frame_0.png", "frame_1.png"]

@@ -60,8 +60,26 @@ def rank_folder(rank: int) -> str:
     return "." if rank == 1 else f"cf{rank}"
 
 
+class _CounterfactualFiles:
+    """The files of one counterfactual, in the folder its ``cf_folder`` names."""
+    cf_folder: Path
+
+    @property
+    def counterfactual(self) -> Path:
+        return self.cf_folder / COUNTERFACTUAL
+
+    @property
+    def diff(self) -> Path:
+        return self.cf_folder / DIFF
+
+    @property
+    def mask(self) -> Path | None:
+        p = self.cf_folder / MASK_NPY
+        return p if p.is_file() else None
+
+
 @dataclass(frozen=True)
-class RankedCounterfactual:
+class RankedCounterfactual(_CounterfactualFiles):
     """One of an item's counterfactuals: its rank (1 = smallest change), folder, description
     (rank 1: the item's ``result.json``) and the item's folder (frame paths are relative to it)."""
     rank: int
@@ -73,17 +91,8 @@ class RankedCounterfactual:
         return frame_paths(self.item_folder, self.result)
 
     @property
-    def counterfactual(self) -> Path:
-        return self.folder / COUNTERFACTUAL
-
-    @property
-    def diff(self) -> Path:
-        return self.folder / DIFF
-
-    @property
-    def mask(self) -> Path | None:
-        p = self.folder / MASK_NPY
-        return p if p.is_file() else None
+    def cf_folder(self) -> Path:
+        return self.folder
 
     @property
     def flipped(self) -> bool:
@@ -96,7 +105,7 @@ def natural_key(name: str) -> list:
 
 
 @dataclass(frozen=True)
-class RunItem:
+class RunItem(_CounterfactualFiles):
     """One finished counterfactual: its id, folder and ``result.json``.
 
     ``rank_dir``: for an item seen through a further counterfactual of its image (a
@@ -116,17 +125,8 @@ class RunItem:
         return self.folder / RECONSTRUCTION
 
     @property
-    def counterfactual(self) -> Path:
-        return self.folder / self.rank_dir / COUNTERFACTUAL
-
-    @property
-    def diff(self) -> Path:
-        return self.folder / self.rank_dir / DIFF
-
-    @property
-    def mask(self) -> Path | None:
-        p = self.folder / self.rank_dir / MASK_NPY
-        return p if p.is_file() else None
+    def cf_folder(self) -> Path:
+        return self.folder / self.rank_dir
 
     @property
     def switch_frame(self) -> int | None:

@@ -35,8 +35,10 @@ DEFAULT_METHOD = "guided"
 #: Keyword arguments of a sampler that are not options of a method (no flag, no config key):
 #: the frame ``callback``, and ``keep_out`` — a (B, 1, H, W) pixel mask, 1 where the
 #: counterfactual must keep the original (the regions earlier counterfactuals of the same face
-#: changed, ``ldvce generate --num-cfs``). Samplers in :data:`DIVERSE` accept it.
-NOT_OPTIONS = ("callback", "keep_out")
+#: changed, ``ldvce generate --num-cfs``). Samplers in :data:`DIVERSE` accept it. ``adaptive``
+#: also takes ``edit_region``, a (B, 1, H, W) pixel mask of where it may edit (a region the
+#: caller knows, instead of the one its pre-explanation finds; ``benchmarks/hat_ceiling.py``).
+NOT_OPTIONS = ("callback", "keep_out", "edit_region")
 
 NON_FINITE = "non-finite values in the counterfactual or its logit"
 
@@ -626,7 +628,8 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
              region_dilate: bool = False, margin: float = 3.0,
              views: int = 4, check_views: bool = True, check_renoise: bool = True,
              renoise_t: int = 200, prune: bool = True,
-             callback: Callable | None = None, keep_out: torch.Tensor | None = None) -> CFBatch:
+             callback: Callable | None = None, keep_out: torch.Tensor | None = None,
+             edit_region: torch.Tensor | None = None) -> CFBatch:
     """Adaptive latent guided DDIM: where and how strongly to edit follow what this face needs.
 
     1. **Where** (``region``): a pre-explanation (ACE, Jeanneret et al. CVPR 2023) — a short
@@ -712,6 +715,10 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         Pixels to keep (see :data:`NOT_OPTIONS`): the pre-explanation, the region and every
         attempt stay outside them, so the evidence comes from the rest of the face; not a
         command-line option.
+    edit_region : Tensor
+        (B, 1, H, W) pixel mask, 1 where every attempt may edit: a region the caller knows
+        (e.g. where a suspected cue lives) used instead of the pre-explanation's, fixed over
+        the attempts (no growth) and not pruned; not a command-line option.
     """
     state = SampleState(problem, x, target, callback, keep_out)
     if not 1 <= views <= len(VIEWS):
@@ -719,8 +726,14 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
     levels = tuple(sorted(levels))
     if not levels:
         raise ValueError("levels must name at least one noise level")
+    if edit_region is not None and tuple(edit_region.shape) != (len(x), 1, *x.shape[-2:]):
+        raise ValueError(f"edit_region must be (B, 1, H, W) = {(len(x), 1, *x.shape[-2:])}, "
+                         f"got {tuple(edit_region.shape)}")
     evidence = latent_hw = None
-    if region:  # the pre-explanation: a short unmasked guided pass at a higher noise level
+    if edit_region is not None:
+        region, prune = True, False
+        given = edit_region.to(state.x.device).float()
+    elif region:  # the pre-explanation: a short unmasked guided pass at a higher noise level
         evidence, latent_hw = _pre_explanation(state, pre_t, pre_steps, pre_scale, pre_views,
                                                l1_weight, evidence_from)
     kept = _AttemptLog.empty(len(state.x), state.x.shape[-2:])
@@ -732,7 +745,9 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         ts = schedule(t_start, num_steps)
         z_T, traj = _invert_attempt(state, todo, ts, reconstruct=k == 0 and not region)
         m = None
-        if region:
+        if edit_region is not None:  # latent positions at least a quarter inside the given region
+            m = (F.adaptive_avg_pool2d(given[todo], z_T.shape[-2:]) > 0.25).float()
+        elif region:
             m = _evidence_region(evidence[todo], latent_hw, region_threshold * region_grow ** k)
             if region_dilate and k:  # grown: one latent position more around it per attempt
                 m = F.max_pool2d(m, 2 * k + 1, stride=1, padding=k)

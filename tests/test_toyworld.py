@@ -2,6 +2,8 @@
 retraining path (``ldvce demo --retrain``)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import yaml
@@ -84,3 +86,31 @@ def test_toy_resnet18_is_a_plain_resnet18_unlike_the_oracle():
     r18_cfg, oracle_cfg = _config("toy_resnet18"), _config("toy_oracle")
     assert r18_cfg["seed_everything"] != oracle_cfg["seed_everything"]
     assert r18_cfg["model"]["init_args"]["width"] != oracle_cfg["model"]["init_args"]["width"]
+
+
+def test_toy_data_replaces_a_half_made_world_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    """A cache entry an interrupted render left behind (no meta.json) is rendered again whole;
+    the render happens beside it (``NAME.partial-PID``) and is moved in complete, so a second
+    process never reads a half-made world."""
+    import toyfaces
+    from toyfaces.world import toy_data
+    monkeypatch.setenv("LDVCE_CACHE", str(tmp_path))
+    stale = tmp_path / "data" / "tiny"
+    stale.mkdir(parents=True)
+    (stale / "toyfaces.lmdb").mkdir()  # what a killed render leaves: files without meta.json
+    written, make = [], toyfaces.make_dataset
+
+    def recording(out, **kw):  # the cache entry itself must not be written while rendering
+        written.append(out)
+        assert not toyfaces.is_complete(stale) and (stale / "toyfaces.lmdb").is_dir()
+        return make(out, **kw)
+
+    monkeypatch.setattr(toyfaces, "make_dataset", recording)
+    path = toy_data(("tiny", 6, 3), progress=False)
+    assert path == stale and toyfaces.is_complete(path)
+    assert [p.name for p in written] == [f"tiny.partial-{os.getpid()}"]
+    assert len(toyfaces.load_factors(path).take(slice(None)).hat) == 6
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["tiny"]
+    before = (path / "meta.json").stat().st_mtime_ns
+    assert toy_data(("tiny", 6, 3), progress=False) == path  # complete: not rendered again
+    assert (path / "meta.json").stat().st_mtime_ns == before

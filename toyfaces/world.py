@@ -55,8 +55,23 @@ def toy_data(name_n_seed=TRAIN_DATA, progress: bool = True, spurious=None) -> Pa
     import toyfaces
     name, n, seed = name_n_seed
     path = cache_dir() / "data" / name
-    if not toyfaces.is_complete(path):
-        toyfaces.make_dataset(path, n=n, seed=seed, progress=progress, spurious=spurious)
+    if toyfaces.is_complete(path):
+        return path
+    # Rendered beside the cache entry and moved in whole: two processes asking for the same
+    # world at once (parallel benchmark jobs) must not write into, or read, a half-made folder.
+    tmp = path.with_name(f"{name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    toyfaces.make_dataset(tmp, n=n, seed=seed, progress=progress, spurious=spurious)
+    if toyfaces.is_complete(path):  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        return path
+    shutil.rmtree(path, ignore_errors=True)  # an interrupted, incomplete render
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process moved its copy in between
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not toyfaces.is_complete(path):
+            raise
     return path
 
 

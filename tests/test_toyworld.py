@@ -73,6 +73,37 @@ def test_retrain_trains_with_the_config_and_caches_the_result(tmp_path, monkeypa
         toyworld.toy_classifier("toy_nope")
 
 
+def test_two_processes_asking_for_an_untrained_classifier_train_it_once(tmp_path, monkeypatch):
+    """A second caller waits for the first one's training (a lock beside the checkpoint) and
+    takes its checkpoint, instead of training into the same run folder at the same time."""
+    import threading
+    import time
+
+    import classifier.train
+    from toyfaces import world as toyworld
+    monkeypatch.setenv("LDVCE_CACHE", str(tmp_path))
+    calls = []
+
+    def slow_train(args):
+        calls.append(args)
+        time.sleep(0.5)
+        best = tmp_path / f"best{len(calls)}.ckpt"
+        best.write_bytes(b"trained %d" % len(calls))
+        return None, None, best
+
+    monkeypatch.setattr(classifier.train, "main", slow_train)
+    got = []
+    ask = lambda: got.append(toyworld.shipped_or_trained("toy_x", "toy_resnet.yaml",  # noqa: E731
+                                                         lambda: tmp_path / "data"))
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and got == [tmp_path / "models" / "toy_x.ckpt"] * 2
+    assert got[0].read_bytes() == b"trained 1"
+
+
 def test_toy_resnet18_is_a_plain_resnet18_unlike_the_oracle():
     """The non-local toy classifier: torchvision's ResNet18 (7×7 stem, stride 32, global average
     pooling) with another width and seed than the oracle's."""

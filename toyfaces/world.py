@@ -11,6 +11,7 @@ cache folder (``$LDVCE_CACHE`` or ``<repo>/.cache/ldvce``):
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from functools import partial
@@ -106,6 +107,18 @@ def shipped_or_trained(name: str, config: str, data, retrain: bool = False, quie
     ckpt = cache_dir() / "models" / f"{name}.ckpt"
     if not retrain and ckpt.exists():
         return ckpt
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with open(ckpt.with_suffix(".lock"), "w") as lock:
+        # One training per classifier at a time: a second process asking for it (parallel
+        # benchmark jobs) waits and takes the first one's checkpoint.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not retrain and ckpt.exists():
+            return ckpt
+        return _train_into(ckpt, name, config, data, quiet, extra_args)
+
+
+def _train_into(ckpt: Path, name: str, config: str, data, quiet: bool,
+                extra_args: tuple[str, ...]) -> Path:
     from classifier.train import main as train_main  # heavy: Lightning, only when training
     root = cache_dir() / "runs" / name
     args = ["--config", str(CONFIGS / config), "--data.data_path", str(data()), *extra_args,

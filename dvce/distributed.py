@@ -103,7 +103,7 @@ def rank_records(out) -> dict[str, dict]:
     return found
 
 
-def run_distributed(items: list[runner.Item], problem: Problem, out, method: str = "guided",
+def run_distributed(items: list[runner.Item], problem: Problem, out, method: str | None = None,
                     target="auto", batch_size: int = 8, options: dict | None = None,
                     settings: dict | None = None, devices: int = 1, num_nodes: int = 1,
                     accelerator: str = "auto", strategy: str = "auto",
@@ -116,7 +116,8 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     items : the inputs (:func:`dvce.runner.folder_items` / :func:`dvce.runner.lmdb_items`); every
         process must build the same list.
     problem : LDM, classifier and attribute; moved to each process's device.
-    out, method, target, batch_size, options, settings, num_cfs : as :func:`dvce.runner.run`.
+    out, method, target, batch_size, options, settings, num_cfs : as :func:`dvce.runner.run`
+        (``method`` None: the default method).
     devices, num_nodes : processes per node and nodes. With ``strategy="ddp"`` (or ``"auto"``
         and more than one process) Lightning starts the other processes of this node by running
         the same command again, unless a cluster environment (SLURM, torchrun) already did; so
@@ -128,7 +129,8 @@ def run_distributed(items: list[runner.Item], problem: Problem, out, method: str
     """
     # heavy: torch; this module stays torch-free at import (`ldvce --help` reads it)
     from dvce import runner
-    from dvce.samplers import get_sampler
+    from dvce.samplers import DEFAULT_METHOD, get_sampler
+    method = method or DEFAULT_METHOD
     out = Path(out)
     _check_inputs(items, batch_size, strategy)
     options = dict(options or {})

@@ -22,7 +22,7 @@ from classifier.dataset import CelebHQAttrDataset
 from classifier.images import UnreadableImageError, load_image, save_image, tensor_to_uint8
 from dvce import runfolder as rf
 from dvce.diverse import Candidate, check_method, counterfactual_rounds, ranked
-from dvce.samplers import Problem, get_sampler
+from dvce.samplers import DEFAULT_METHOD, Problem, get_sampler
 from fileio import atomic_write_bytes, list_image_files
 
 STATUSES = rf.STATUSES
@@ -199,7 +199,7 @@ def summarize(out: Path, method: str, settings: dict) -> dict:
     return summary
 
 
-def run(items: list[Item], problem: Problem, out, method: str = "guided", target="auto",
+def run(items: list[Item], problem: Problem, out, method: str = DEFAULT_METHOD, target="auto",
         batch_size: int = 8, options: dict | None = None, settings: dict | None = None,
         progress: bool = True, num_cfs: int = 1) -> dict:
     """Generate counterfactuals for ``items`` into ``out``; returns the summary.

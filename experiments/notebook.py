@@ -14,7 +14,7 @@ from classifier.models import load_classifier
 from classifier.registry import resolve_classifier
 from dvce import runfolder, runner
 from dvce.ldm import load_ldm
-from dvce.samplers import Problem
+from dvce.samplers import DEFAULT_METHOD, Problem
 from toyfaces.world import TEST_DATA, toy_data
 
 
@@ -37,7 +37,7 @@ def inputs(images=None, lmdb=None, attr_file=None, indices=None, size=256):
     return runner.lmdb_items(lmdb, attr_file, indices, size)
 
 
-def generate(items, clf, ldm, attribute="Smiling", method="guided", out="runs/notebook",
+def generate(items, clf, ldm, attribute="Smiling", method=DEFAULT_METHOD, out="runs/notebook",
              target="auto", batch_size=8, **options) -> dict:
     return runner.run(items, Problem(ldm, clf, attribute_index(attribute)), out, method=method,
                       target=target, batch_size=batch_size, options=options,

@@ -50,7 +50,7 @@ def _die_while_writing(k: int) -> None:
 def main(images: str, out: str) -> None:
     if os.environ.get("LDVCE_TEST_DIE_AT_RESULT"):
         _die_while_writing(int(os.environ["LDVCE_TEST_DIE_AT_RESULT"]))
-    summary = run_distributed(runner.folder_items(images, 64), problem(), out,
+    summary = run_distributed(runner.folder_items(images, 64), problem(), out, "guided",
                               batch_size=BATCH_SIZE, options=OPTIONS, devices=2,
                               accelerator="cpu", strategy="ddp", progress=False)
     if summary is not None:

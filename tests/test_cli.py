@@ -13,7 +13,7 @@ def test_help_lists_subcommands():
 def test_subcommand_help_shows_defaults():
     out = subprocess.run([sys.executable, "-m", "ldvce.cli", "generate", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    assert "--method" in out and "default: guided" in out and "--batch-size" in out
+    assert "--method" in out and "default: adaptive" in out and "--batch-size" in out
 
 
 def test_generate_help_lists_typed_sampler_options():
@@ -78,7 +78,7 @@ def test_every_command_parses_into_its_function_signature():
     _, kw = _parsed("generate", *samples[("generate",)], "--guided.scale", "6")
     assert kw["indices"] == [1, 2] and kw["target"] == "1" and kw["batch_size"] == 2
     assert kw["guided"]["scale"] == 6.0 and kw["seed"]["max_iter"] == 20  # typed, defaults kept
-    assert kw["method"] == "guided"  # the library's default method
+    assert kw["method"] == "adaptive"  # the library's default method
     _, kw = _parsed("study", "eval", "--export", "e.csv", "--out", "o", "--no-figures")
     assert kw["no_figures"] is True and kw["bootstrap"] == 200
     _, kw = _parsed("study", "serve", "r1", "r2", "--db", "s.sqlite", "--port", "0")

@@ -22,7 +22,7 @@ from dvce.distributed import RANKS, plan_run, run_distributed, shard
 
 REPO = Path(__file__).resolve().parents[1]
 # Cheap guided settings (3 DDIM steps): the point is the split, not the quality.
-GEN = ["--batch-size", "2", "--guided.num_steps", "20", "--guided.t_start", "100",
+GEN = ["--batch-size", "2", "--method", "guided", "--guided.num_steps", "20", "--guided.t_start", "100",
        "--guided.retry_scales", "[]", "--accelerator", "cpu"]
 LAUNCH_VARS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
                "MASTER_PORT", "LT_CLI_USED")
@@ -132,9 +132,9 @@ def test_one_process_through_fabric_equals_the_runner(tmp_path):
                       BrightnessClassifier(), 31)
     items = runner.folder_items(folder, 64)
     opts = dict(num_steps=20, t_start=200, retry_scales=())
-    plain = runner.run(items, problem, tmp_path / "plain", batch_size=2, options=opts,
+    plain = runner.run(items, problem, tmp_path / "plain", "guided", batch_size=2, options=opts,
                        progress=False)
-    fab = run_distributed(items, problem, tmp_path / "fabric", batch_size=2, options=opts,
+    fab = run_distributed(items, problem, tmp_path / "fabric", "guided", batch_size=2, options=opts,
                           devices=1, accelerator="cpu", progress=False)
     for i in range(3):
         assert (tmp_path / "plain" / f"img{i}" / rf.COUNTERFACTUAL).read_bytes() == \

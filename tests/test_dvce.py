@@ -148,7 +148,7 @@ def test_interrupted_run_resumes_to_exactly_one_complete_result(problem, tmp_pat
 
     monkeypatch.setattr(runner, "write_result_folder", flaky_write)
     with pytest.raises(KeyboardInterrupt):
-        runner.run(items, problem, out, batch_size=4, options=opts, progress=False)
+        runner.run(items, problem, out, "guided", batch_size=4, options=opts, progress=False)
     monkeypatch.setattr(runner, "write_result_folder", real_write)
     done_first = {d.name for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")}
     assert len(done_first) == 9  # folders only appear complete
@@ -158,7 +158,7 @@ def test_interrupted_run_resumes_to_exactly_one_complete_result(problem, tmp_pat
 
     # 2nd run: same command; finished images are skipped, not regenerated
     mtimes = {d: (out / d / "result.json").stat().st_mtime_ns for d in done_first}
-    summary = runner.run(items, problem, out, batch_size=4, options=opts, progress=False)
+    summary = runner.run(items, problem, out, "guided", batch_size=4, options=opts, progress=False)
     folders = {d.name for d in out.iterdir() if d.is_dir()}
     assert folders == {f"{i:02d}" for i in range(16)}  # no .partial left behind
     assert all((out / d / "result.json").stat().st_mtime_ns == mtimes[d] for d in done_first)
@@ -286,6 +286,24 @@ def test_adaptive_starts_low_raises_the_noise_only_for_faces_that_need_it(proble
     assert strict.info["attempts"] == [3, 3] and strict.info["robust"] == [False, False]
     with pytest.raises(ValueError, match="evidence_from"):
         get_sampler("adaptive")(problem, x, t, evidence_from="nope", **opts)
+
+
+def test_adaptive_edits_only_inside_a_given_edit_region(problem):
+    """``edit_region`` replaces the pre-explanation's region: every pixel outside it is the
+    original's, the same region is reported for every attempt, and a wrong shape is refused."""
+    x = _images(2, seed=3)
+    region = torch.zeros(2, 1, 64, 64)
+    region[0, :, 16:40, 8:56] = 1.0
+    region[1, :, 40:60, 20:44] = 1.0
+    r = get_sampler("adaptive")(problem, x, torch.ones(2), edit_region=region, **QUICK["adaptive"])
+    outside = (r.info["mask"] == 0).expand_as(x)
+    assert outside.any() and torch.equal(r.counterfactual[outside], x[outside])
+    assert not torch.equal(r.counterfactual, x)   # it did edit, inside
+    core = r.info["mask"] > 0.5                   # the composited mask has a blurred edge
+    assert float((core == (region > 0)).float().mean()) > 0.97
+    with pytest.raises(ValueError, match="edit_region"):
+        get_sampler("adaptive")(problem, x, torch.ones(2), edit_region=region[:, :, :32],
+                                **QUICK["adaptive"])
 
 
 def test_adaptive_region_follows_the_evidence_and_its_parts_are_found():

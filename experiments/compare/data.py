@@ -18,8 +18,6 @@ from dvce.samplers import DEFAULT_METHOD
 
 #: The five methods compared when none are named: one of each family.
 DEFAULT_METHODS = ("epsilon_plus_flat", "gradient", "gradcam", "occlusion", "cf_delta")
-#: Sampler options for the randomised model's counterfactuals (sanity test): no retries.
-RANDOMISED_SAMPLER_OPTIONS = {"retry_scales": ()}
 #: Metric groups (``--metrics``).
 METRIC_GROUPS = ("localisation", "faithfulness", "sanity", "humans")
 

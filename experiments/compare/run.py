@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dvce.samplers import ONE_PASS
 from experiments.compare import data as D
 from experiments.compare import scoring as S
 from experiments.compare.figures import grid_figure
@@ -52,7 +53,7 @@ class _Counterfactuals:
             # the randomised model rarely flips: one pass of the sampler, no retries (the test
             # asks whether the change depends on the weights, not whether it flips)
             config = (replace(self.config, sampler_options={**self.config.sampler_options,
-                                                            **D.RANDOMISED_SAMPLER_OPTIONS})
+                                                            **ONE_PASS.get(self.config.sampler, {})})
                       if randomised else self.config)
             cf = D.counterfactuals(model, self.faces, self.attribute, config,
                                    None if randomised else self.run)

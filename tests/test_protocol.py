@@ -372,8 +372,9 @@ def test_evaluate_protocol_errors_name_the_problem(toy_pairs_run, tmp_path):
 @pytest.mark.integration
 def test_bench_generate_protocol_full_writes_both_runs(tmp_path):
     from benchmarks.protocol import bench_protocol_toy
+    from dvce.samplers import DEFAULT_METHOD
     r = bench_protocol_toy(n=2, out=tmp_path)
-    assert set(r["runs"]) == {"seed", "guided"}
+    assert set(r["runs"]) == {"seed", DEFAULT_METHOD}
     for v in r["runs"].values():
         m = json.loads((tmp_path / Path(v["run"]).name / "metrics.json").read_text())
         assert m["protocol"] == "full" and m["n_pairs"] == 2

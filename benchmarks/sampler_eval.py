@@ -46,19 +46,24 @@ def unseen_world(seed: int, size: int = WORLD_SIZE) -> Path:
 def evaluate_sampler(classifier: str = "toy_resnet", seed: int = 7272, n: int = 48,
                      method: str | None = None, options: dict | None = None,
                      out: str | Path = "runs/eval", batch_size: int = 16,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, dtype: str = "fp32") -> dict:
     """Generate and score ``n`` counterfactuals (target: smiling) of the unseen ``seed`` world
     with ``classifier`` (a toy name or a checkpoint) and ``method`` (default: the default
-    sampler); returns the metrics row (``metrics.json`` of the run folder has every image)."""
+    sampler) with the LDM and the classifier in ``dtype`` (fp32, bf16: ``ldvce generate
+    --dtype``); returns the metrics row (``metrics.json`` of the run folder has every image;
+    the oracle and the masks score the written images in float32)."""
     method = method or DEFAULT_METHOD
     folder = unseen_world(seed)
     clf = load_classifier(resolve_classifier(classifier)).requires_grad_(False)
     rows = pick_not_smiling(clf, folder, n)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    clf = clf.to(torch_dtype)
     tag = "-".join([Path(str(classifier)).stem, str(seed), method]
+                   + ([dtype] if dtype != "fp32" else [])
                    + [f"{k}={v}" for k, v in sorted((options or {}).items())])
     run_dir = Path(out) / tag.replace(" ", "").replace("/", "_")
     shutil.rmtree(run_dir, ignore_errors=True)
-    ldm = load_ldm("toy")
+    ldm = load_ldm("toy", dtype=torch_dtype)
     lmdb, attr = toyfaces.paths(folder)
     items = runner.lmdb_items(lmdb, attr, rows, ldm.image_size)
     summary = runner.run(items, Problem(ldm, clf, attribute_index("Smiling")), run_dir,
@@ -73,6 +78,7 @@ def evaluate_sampler(classifier: str = "toy_resnet", seed: int = 7272, n: int = 
                          oracle_attributes=[attribute_index(a) for a in toyfaces.MODELLED])
     write_metrics(run_dir, m)
     return {"classifier": str(classifier), "seed": seed, "n": m["n"], "method": method,
+            "dtype": dtype,
             "options": dict(options or {}), "flip": m["flip_rate"],
             "agreement": m["oracle_flipped"], "localization": m["localization"],
             "mnac": m["mnac"], "l1": m["l1"], "seconds_per_image": summary["seconds_per_image"],
@@ -159,6 +165,8 @@ def main(argv=None) -> int:
                    help="counterfactuals per face (ldvce generate --num-cfs)")
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="precision of the LDM and the classifier (ldvce generate --dtype)")
     p.add_argument("--json", default=None, help="append the row to this JSON-lines file")
     p.add_argument("--table", default=None,
                    help="instead: print the rows of this JSON-lines file as a markdown table")
@@ -173,7 +181,7 @@ def main(argv=None) -> int:
         print(format_clever_hans(r), flush=True)
     else:
         r = evaluate_sampler(a.classifier, a.seed, a.n, a.method, json.loads(a.options), a.out,
-                             a.batch_size)
+                             a.batch_size, dtype=a.dtype)
         print(format_row(r), flush=True)
     if a.json:
         with open(a.json, "a") as f:

@@ -85,6 +85,24 @@ def test_every_command_parses_into_its_function_signature():
     assert [str(r) for r in kw["runs"]] == ["r1", "r2"] and kw["port"] == 0 and kw["threads"] == 8
 
 
+def test_generate_dtype_loads_the_ldm_and_classifier_in_that_precision():
+    """``--dtype bf16`` puts both networks in bfloat16 (the samplers keep the DDIM arithmetic
+    in float32); the default stays float32; anything else is refused by the parser."""
+    import pytest
+    import torch
+    from ldvce.cli import _problem
+    _, kw = _parsed("generate", "--images", "d", "--classifier", "c", "--out", "o", "--dtype", "bf16")
+    assert kw["dtype"] == "bf16"
+    assert _parsed("generate", "--images", "d", "--classifier", "c", "--out", "o")[1]["dtype"] == "fp32"
+    with pytest.raises(SystemExit):
+        _parsed("generate", "--images", "d", "--classifier", "c", "--out", "o", "--dtype", "fp16")
+    p = _problem("toy", "toy_resnet", "Smiling", torch.device("cpu"), "bf16")
+    assert p.ldm.dtype == torch.bfloat16
+    assert next(p.classifier.parameters()).dtype == torch.bfloat16
+    assert p.logit(torch.zeros(1, 3, 64, 64)).dtype == torch.float32
+    assert _problem("toy", "toy_resnet", "Smiling", torch.device("cpu")).ldm.dtype == torch.float32
+
+
 def test_generate_refuses_options_of_another_method():
     import pytest
     from ldvce.cli import _method_options

@@ -5,6 +5,7 @@ modes live in :mod:`benchmarks.gpu`, :mod:`benchmarks.protocol` and :mod:`benchm
 :func:`run_generate` dispatches."""
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -18,11 +19,13 @@ from benchmarks.protocol import bench_protocol_toy, print_protocol
 from classifier.attributes import attribute_index
 from classifier.devices import resolve_device
 from classifier.evaluate import dataset_for, pick_not_smiling
+from dvce.ldm import load_ldm
 from dvce.metrics import localization
 from dvce.samplers import DEFAULT_METHOD, Problem, get_sampler
 
 
-def _run_config(cfg, problem, x, masks_row):
+def _run_config(cfg, problem, x, masks_row, judge: Problem | None = None):
+    """One sampler configuration on ``x``; ``judge`` (default ``problem``) decides the flips."""
     sampler = get_sampler(cfg["method"])
     bs = cfg["batch_size"]
     target = torch.ones(len(x))
@@ -30,8 +33,12 @@ def _run_config(cfg, problem, x, masks_row):
     outs = [sampler(problem, x[i:i + bs], target[i:i + bs], **cfg["options"])
             for i in range(0, len(x), bs)]
     seconds = time.perf_counter() - t0
-    cf = torch.cat([o.counterfactual.cpu() for o in outs])
-    flipped = torch.cat([o.flipped for o in outs]).float()
+    cf = torch.cat([o.counterfactual.float().cpu() for o in outs])
+    if judge is None:
+        flipped = torch.cat([o.flipped for o in outs]).float()
+    else:
+        with torch.no_grad():
+            flipped = (judge.logit(cf.to(x.device)) > 0).float().cpu()
     delta = (cf - x.cpu()).abs()
     loc = [localization(delta[i].sum(0).numpy(), masks_row[i]) for i in range(len(x))]
     return {"method": cfg["method"], "batch_size": bs, "options": cfg["options"],
@@ -40,9 +47,13 @@ def _run_config(cfg, problem, x, masks_row):
             "localization": float(np.nanmean(loc))}
 
 
-def bench_generate_toy(n: int = 8, device="cpu", seed_n: int | None = None) -> dict:
+def bench_generate_toy(n: int = 8, device="cpu", seed_n: int | None = None,
+                       dtype: str = "fp32") -> dict:
     """Seed-faithful vs every other sampler on ``n`` toy images (the seed config may run on
-    fewer, ``seed_n``). ``speedup``: images per second relative to the seed-faithful run."""
+    fewer, ``seed_n``). ``speedup``: images per second relative to the seed-faithful run. With
+    ``dtype="bf16"`` every sampler also runs with the LDM and the classifier in bfloat16
+    (``ldvce generate --dtype bf16``; rows ``METHOD bf16``), its flips judged by the float32
+    classifier."""
     data, clf, ldm, masks = toy_setup(device)
     rows = pick_not_smiling(clf, data, n, device)
     ds = dataset_for(data, split="all")
@@ -52,6 +63,12 @@ def bench_generate_toy(n: int = 8, device="cpu", seed_n: int | None = None) -> d
     k = seed_n or len(x)
     seed = _run_config(SEED_FAITHFUL, problem, x[:k], region[:k])
     methods = {cfg["method"]: _run_config(cfg, problem, x, region) for cfg in sampler_configs()}
+    if dtype == "bf16":
+        half = Problem(load_ldm("toy", device=device, dtype=torch.bfloat16),
+                       copy.deepcopy(clf).to(torch.bfloat16), attribute_index("Smiling"))
+        for cfg in sampler_configs():
+            row = _run_config(cfg, half, x, region, judge=problem)
+            methods[f"{cfg['method']} bf16"] = {**row, "dtype": "bf16"}
     return {"world": "toyfaces", "device": str(device), "rows": rows, "seed_faithful": seed,
             "default_method": DEFAULT_METHOD, "methods": methods,
             "speedup": {m: r["images_per_s"] / seed["images_per_s"] for m, r in methods.items()}}
@@ -73,7 +90,7 @@ def print_generate(r: dict) -> None:
 
 def run_generate(n: int = 8, json_path=None, gpu: bool = False, device: str = "auto",
                  protocol: str = "basic", out="runs/bench-protocol", devices: int = 0,
-                 batch_size: int = 8) -> dict | None:
+                 batch_size: int = 8, dtype: str = "fp32") -> dict | None:
     """What ``ldvce bench generate`` does: the toy comparison (or, with ``gpu``, the 256² timing
     on CUDA; skipped with a message when there is none), printed and optionally written."""
     if gpu:
@@ -92,7 +109,7 @@ def run_generate(n: int = 8, json_path=None, gpu: bool = False, device: str = "a
         r = bench_generate_devices(n, devices, batch_size=batch_size)
         print_devices(r)
     else:
-        r = bench_generate_toy(n, resolve_device(device))
+        r = bench_generate_toy(n, resolve_device(device), dtype=dtype)
         print_generate(r)
     write_result(r, json_path)
     return r

@@ -892,7 +892,9 @@ def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
         with the full and with the distilled decoder, its FLOPs and peak memory; on CUDA also
         counterfactuals per second (--n images, one guided pass).
     dtype : str
-        With --arch compvis: fp32 or bf16.
+        With --arch compvis: fp32 or bf16. On the toy comparison, bf16 adds a row per sampler
+        with the LDM and the classifier in bfloat16 (ldvce generate --dtype bf16), its speed-up
+        measured against the same seed-faithful run.
     peak_tflops : float
         With --arch compvis: the device's peak TFLOP/s for this dtype, to report model FLOP
         utilisation (e.g. 989 for an H100 in bf16, 495 in TF32).
@@ -907,7 +909,7 @@ def bench_generate(*, n: int = 8, json: str | None = None, gpu: bool = False,
         return r
     from benchmarks.generate import run_generate
     return run_generate(n, json_path=json, gpu=gpu, device=device, protocol=protocol, out=out,
-                        devices=devices or 0, batch_size=batch_size)
+                        devices=devices or 0, batch_size=batch_size, dtype=dtype)
 
 
 @CLI.command("bench ldm")

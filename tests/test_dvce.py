@@ -188,6 +188,24 @@ def test_gpu_benchmark_is_skipped_with_a_message_on_cpu(capsys):
     assert "no CUDA GPU" in capsys.readouterr().out
 
 
+@pytest.mark.integration
+def test_bench_generate_toy_adds_bf16_rows_measured_against_the_same_seed_run():
+    """``ldvce bench generate --dtype bf16``: every sampler also runs in bfloat16, its images
+    judged by the float32 classifier, its speed-up against the one seed-faithful run."""
+    from benchmarks.generate import bench_generate_toy, print_generate
+    from dvce.samplers import DEFAULT_METHOD, SAMPLERS
+    r = bench_generate_toy(n=2, seed_n=1, dtype="bf16")
+    plain = [m for m in SAMPLERS if m != "seed"]
+    assert set(r["methods"]) == set(plain) | {f"{m} bf16" for m in plain}
+    assert r["default_method"] == DEFAULT_METHOD
+    for m, row in r["methods"].items():
+        assert row["images"] == 2 and 0 <= row["flip_rate"] <= 1 and row["mean_l1"] > 0
+        assert r["speedup"][m] == pytest.approx(row["images_per_s"]
+                                                / r["seed_faithful"]["images_per_s"])
+        assert (row.get("dtype") == "bf16") == m.endswith(" bf16")
+    print_generate(r)
+
+
 def test_guided_margin_retries_until_the_logit_is_past_it(problem):
     """A sample that flips but stays below the margin is retried with the next scale; the
     margin never changes what `flipped` means."""

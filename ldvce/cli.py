@@ -322,9 +322,10 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
         `ldvce evaluate` then reports every rank and their diversity.
     dtype : str
         Precision of the LDM and the classifier: bf16 where the hardware computes it natively
-        (GPUs; CPUs with AMX or AVX512-BF16): measured 1.5x faster on the toy world and 2.9x per
-        guided step of the CompVis architecture on such a CPU (docs/benchmarks.md). The DDIM
-        arithmetic stays in float32; images are written as usual.
+        (GPUs; CPUs with AMX or AVX512-BF16): measured 1.3-1.5x faster on the toy world and
+        2.9x per guided step of the CompVis architecture on such a CPU, at a slightly larger
+        change (docs/benchmarks.md). The DDIM arithmetic stays in float32; images are written
+        as usual.
     """
     from dvce import runner
     from dvce.samplers import DEFAULT_METHOD

@@ -19,7 +19,7 @@ from benchmarks.protocol import bench_protocol_toy, print_protocol
 from classifier.attributes import attribute_index
 from classifier.devices import resolve_device
 from classifier.evaluate import dataset_for, pick_not_smiling
-from dvce.ldm import load_ldm
+from dvce.ldm import load_ldm, torch_dtype
 from dvce.metrics import localization
 from dvce.samplers import DEFAULT_METHOD, Problem, get_sampler
 
@@ -64,8 +64,8 @@ def bench_generate_toy(n: int = 8, device="cpu", seed_n: int | None = None,
     seed = _run_config(SEED_FAITHFUL, problem, x[:k], region[:k])
     methods = {cfg["method"]: _run_config(cfg, problem, x, region) for cfg in sampler_configs()}
     if dtype == "bf16":
-        half = Problem(load_ldm("toy", device=device, dtype=torch.bfloat16),
-                       copy.deepcopy(clf).to(torch.bfloat16), attribute_index("Smiling"))
+        half = Problem(load_ldm("toy", device=device, dtype=torch_dtype(dtype)),
+                       copy.deepcopy(clf).to(torch_dtype(dtype)), attribute_index("Smiling"))
         for cfg in sampler_configs():
             row = _run_config(cfg, half, x, region, judge=problem)
             methods[f"{cfg['method']} bf16"] = {**row, "dtype": "bf16"}

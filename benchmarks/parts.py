@@ -25,10 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from classifier.models import ResNetClassifier
 from dvce.diffusion import decode, predict_eps
 from dvce.distill import save_grad_decoder, small_decoder_for
-from dvce.ldm import COMPVIS_UNET_CONFIG, COMPVIS_VQ_CONFIG, build_random_ldm
+from dvce.ldm import COMPVIS_UNET_CONFIG, COMPVIS_VQ_CONFIG, build_random_ldm, torch_dtype
 from dvce.samplers import Problem, _classifier_loss, get_sampler
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _timer(device: torch.device, repeat: int) -> Callable[[Callable], float]:
@@ -54,7 +53,7 @@ def bench_parts(n: int = 1, device: str = "cpu", dtype: str = "fp32", views: int
     """The per-part profile (see the module docstring); ``rate`` defaults to on for CUDA only
     (on a CPU one counterfactual at 256² takes minutes). ``vq_config``/``unet_config``/
     ``image_size``: other architectures (the tests use the toy ones)."""
-    dev, dt = torch.device(device), DTYPES[dtype]
+    dev, dt = torch.device(device), torch_dtype(dtype)
     if dev.type == "cuda":  # "fp32" means TF32 tensor cores for matmuls and convolutions (say so in the report)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)

@@ -20,8 +20,9 @@ from toyfaces.world import TRAIN_DATA, toy_data
 def bench_protocol_toy(n: int = 32, device="cpu", out="runs/bench-protocol") -> dict:
     """Seed-faithful vs the default method, each written as a run folder (``OUT/seed``,
     ``OUT/<default method>``) on the same unseen toy faces (both directions, target = the
-    other decision) and evaluated with the full published protocol; the toy oracle stands in for the Inception features, the face model
-    and the CelebA-HQ oracle, the training data's attribute file gives CD's correlations."""
+    other decision) and evaluated with the full published protocol; the toy oracle stands in
+    for the Inception features, the face model and the CelebA-HQ oracle, the training data's
+    attribute file gives CD's correlations."""
     data, clf, ldm, _ = toy_setup(device)
     rows = pick_both_directions(clf, data, n, device)
     lmdb, attr = toyfaces.paths(data)

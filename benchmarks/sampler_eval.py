@@ -29,7 +29,7 @@ from classifier.evaluate import pick_not_smiling
 from classifier.models import load_classifier
 from classifier.registry import resolve_classifier
 from dvce import runner
-from dvce.ldm import load_ldm
+from dvce.ldm import load_ldm, torch_dtype
 from dvce.metrics import evaluate_run, write_metrics
 from dvce.samplers import DEFAULT_METHOD, Problem
 from experiments.clever_hans.run import run_experiment
@@ -56,14 +56,14 @@ def evaluate_sampler(classifier: str = "toy_resnet", seed: int = 7272, n: int = 
     folder = unseen_world(seed)
     clf = load_classifier(resolve_classifier(classifier)).requires_grad_(False)
     rows = pick_not_smiling(clf, folder, n)
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    clf = clf.to(torch_dtype)
+    precision = torch_dtype(dtype)
+    clf = clf.to(precision)
     tag = "-".join([Path(str(classifier)).stem, str(seed), method]
                    + ([dtype] if dtype != "fp32" else [])
                    + [f"{k}={v}" for k, v in sorted((options or {}).items())])
     run_dir = Path(out) / tag.replace(" ", "").replace("/", "_")
     shutil.rmtree(run_dir, ignore_errors=True)
-    ldm = load_ldm("toy", dtype=torch_dtype)
+    ldm = load_ldm("toy", dtype=precision)
     lmdb, attr = toyfaces.paths(folder)
     items = runner.lmdb_items(lmdb, attr, rows, ldm.image_size)
     summary = runner.run(items, Problem(ldm, clf, attribute_index("Smiling")), run_dir,

@@ -168,6 +168,15 @@ def resolve_source(source: str | os.PathLike) -> tuple[str, Path | None]:
                                f"{known}), a local folder, nor a hub id{hint}")
 
 
+def torch_dtype(name: str):
+    """The torch dtype of a precision name the commands take (``fp32``, ``bf16``)."""
+    import torch  # heavy: this module stays torch-free at import
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"unknown precision {name!r}; choose one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
 def load_ldm(source: str | os.PathLike = COMPVIS_ID, device="cpu", dtype=None) -> LDM:
     """Load a latent diffusion model.
 

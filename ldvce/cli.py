@@ -377,19 +377,18 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
 def _problem(ldm: str, classifier: str, attribute: str, device, dtype: str = "fp32"):
     """The LDM and the classifier on ``device`` in ``dtype`` (fp32, bf16), as a sampler's
     ``Problem``."""
-    import torch
     from classifier.attributes import attribute_index
     from classifier.models import load_classifier
     from classifier.registry import resolve_classifier
-    from dvce.ldm import load_ldm
+    from dvce.ldm import load_ldm, torch_dtype
     from dvce.samplers import Problem
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    model = load_ldm(ldm, device=device, dtype=torch_dtype)
+    precision = torch_dtype(dtype)
+    model = load_ldm(ldm, device=device, dtype=precision)
     try:
         ckpt = resolve_classifier(classifier)
     except FileNotFoundError as e:
         raise SystemExit(f"ldvce generate: {e}")
-    clf = load_classifier(ckpt, map_location=device).requires_grad_(False).to(torch_dtype)
+    clf = load_classifier(ckpt, map_location=device).requires_grad_(False).to(precision)
     return Problem(model, clf, attribute_index(attribute))
 
 

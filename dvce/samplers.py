@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable
 
 import torch
@@ -578,33 +579,63 @@ def _pixel_mask(latent_mask: torch.Tensor, size) -> torch.Tensor:
                                align_corners=False), 5)
 
 
+def _cells(part: torch.Tensor, grid: int) -> list[torch.Tensor]:
+    """One (1, h, w) region part cut by a ``grid`` × ``grid`` lattice over the latent (the
+    non-empty pieces); ``grid`` 0 leaves it whole."""
+    if grid <= 0:
+        return [part]
+    h, w = part.shape[-2:]
+    rows = torch.arange(h).mul(grid).div(h, rounding_mode="floor")
+    cols = torch.arange(w).mul(grid).div(w, rounding_mode="floor")
+    cell = (rows[:, None] * grid + cols[None, :]).to(part.device)
+    pieces = [part * (cell == c).to(part.dtype) for c in cell[part[0] > 0.5].unique().tolist()]
+    return pieces or [part]
+
+
+def _put_back(edited: torch.Tensor, original: torch.Tensor, keep_out: torch.Tensor | None,
+              latent_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``edited`` inside the (1, h, w) ``latent_mask`` (blurred to pixels), ``original``
+    elsewhere, and the pixel mask used."""
+    pm = _pixel_mask(latent_mask[None].clamp(max=1), original.shape[-2:])
+    if keep_out is not None:  # the blurred edge must not reach kept pixels
+        pm = pm * (1 - keep_out).to(pm.dtype)
+    return pm * edited + (1 - pm) * original, pm
+
+
 def _prune(state: SampleState, idx: torch.Tensor, out: PassResult, region: torch.Tensor,
            evidence: torch.Tensor, accept: torch.Tensor, margin: float, views: int,
-           renoise_t: int, num_steps: int, frame: int) -> PassResult:
-    """:func:`adaptive`'s pruning: for each accepted sample, drop the parts (connected
-    components) of its latent ``region`` whose change the flip does not need, least pixel
-    ``evidence`` first; a drop stands when the logit keeps the ``margin`` and every view stays on
-    the target side (and, with ``renoise_t``, the pruned image survives re-noising)."""
+           renoise_t: int, num_steps: int, frame: int, grid: int = 0) -> PassResult:
+    """:func:`adaptive`'s pruning: for each accepted sample, put the original back in the pieces
+    of its latent ``region`` whose change the flip does not need. The pieces are the region's
+    connected components, each cut by a ``grid`` × ``grid`` lattice (0: whole components).
+    Whole components are tried least pixel ``evidence`` first; lattice pieces in the order in
+    which putting each one back alone costs the logit least (ties: least evidence). A piece
+    stays put back when the logit keeps the ``margin`` and every view stays on the target side
+    (and, with ``renoise_t``, the pruned image survives re-noising)."""
     problem, x = state.problem, state.x[idx]
     img, logit, mask = out.img.clone(), out.logit.clone(), out.mask.clone()
     size = x.shape[-2:]
     with torch.no_grad():
         for j in accept.nonzero().flatten().tolist():
-            parts = _components(region[j])
+            parts = [c for p in _components(region[j]) for c in _cells(p, grid)]
             if len(parts) < 2:
                 continue
             tgt = state.target[idx[j:j + 1]]
+            keep_out = None if state.keep_out is None else state.keep_out[idx[j:j + 1]]
+            composite = partial(_put_back, out.img[j:j + 1], x[j:j + 1], keep_out)
             mass = [float((_pixel_mask(p[None], size) * evidence[j:j + 1]).sum()) for p in parts]
+            order = sorted(range(len(parts)), key=lambda c: mass[c])
+            if grid > 0:  # the pieces whose own return costs the logit least go first
+                alone = torch.cat([composite((region[j] - p).clamp(min=0))[0] for p in parts])
+                cost = (-_signed(problem.logit(alone), tgt.expand(len(parts)))).tolist()
+                order = sorted(order, key=lambda c: cost[c])
             keep = list(range(len(parts)))
             best = (img[j:j + 1], logit[j:j + 1], mask[j:j + 1])
-            for c in sorted(keep, key=lambda c: mass[c]):
+            for c in order:
                 trial = [k for k in keep if k != c]
                 if not trial:
                     break
-                pm = _pixel_mask(sum(parts[k] for k in trial)[None].clamp(max=1), size)
-                if state.keep_out is not None:  # the blurred edge must not reach kept pixels
-                    pm = pm * (1 - state.keep_out[idx[j:j + 1]]).to(pm.dtype)
-                cand = pm * out.img[j:j + 1] + (1 - pm) * x[j:j + 1]
+                cand, pm = composite(sum(parts[k] for k in trial))
                 lg = problem.logit(cand)
                 ok = bool(_signed(lg, tgt) >= margin)
                 for flip, dx, dy in VIEWS[1:views]:
@@ -631,7 +662,8 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
              region_grow: float = 0.6, scale_grow: float = 2.0,
              region_dilate: bool = False, margin: float = 3.0,
              views: int = 4, check_views: bool = True, check_renoise: bool = True,
-             renoise_t: int = 200, prune: bool = True, grad_decoder: str = "full",
+             renoise_t: int = 200, prune: bool = True, prune_grid: int = 0,
+             grad_decoder: str = "full",
              callback: Callable | None = None, keep_out: torch.Tensor | None = None,
              edit_region: torch.Tensor | None = None) -> CFBatch:
     """Adaptive latent guided DDIM: where and how strongly to edit follow what this face needs.
@@ -720,6 +752,12 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         After a robust flip, put the original back in each separate part of the region the
         flip does not need (least evidence first), as long as every check still passes: the
         smallest change among the parts the evidence proposed.
+    prune_grid : int
+        Also cut each part by a ``prune_grid`` × ``prune_grid`` lattice over the latent before
+        pruning, so that a region grown into one piece (a hat and a mouth joined across the
+        face) can still lose the pieces the flip does not need; pieces are tried in the order
+        in which putting one back alone costs the logit least. 0 (default): whole connected
+        parts only, as in earlier runs.
     grad_decoder : str
         Decoder the attempts' gradient goes through (``full``, a distilled decoder's folder,
         or ``auto``; as ``guided``'s). ``full`` by default: on the toy world the distilled
@@ -778,7 +816,7 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
                          renoise_t if check_renoise else 0, num_steps)
         if prune and m is not None and bool(accept.any()):
             out = _prune(state, todo, out, m, evidence[todo], accept, margin, views,
-                         renoise_t if check_renoise else 0, num_steps, 2 + len(ts))
+                         renoise_t if check_renoise else 0, num_steps, 2 + len(ts), prune_grid)
         kept.record(todo.cpu(), k, t_start, out, accept, _toward(out.logit, state.target[todo]))
         state.settle(todo, out.img, out.logit, iters, last=k == len(levels) - 1, accept=accept)
     kept.fall_back_to_first_flips()

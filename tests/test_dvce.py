@@ -337,6 +337,41 @@ def test_adaptive_region_follows_the_evidence_and_its_parts_are_found():
     assert len(_components(m[0])) == 1
 
 
+class TopBandClassifier(torch.nn.Module):
+    """Attribute 31 = 'the top quarter of the image is bright': nothing else matters."""
+
+    def forward(self, x):
+        out = torch.zeros(len(x), 40, dtype=x.dtype)
+        out[:, 31] = 10 * x[:, :, :16].mean((1, 2, 3))
+        return out
+
+
+def test_prune_grid_cuts_one_grown_region_and_keeps_only_the_pieces_the_flip_needs(problem):
+    """A region grown into one piece (the whole image) loses nothing with whole-part pruning,
+    but cut by a lattice it keeps only the top band the classifier reads: the rest of the image
+    is the original's again, and the flip keeps its margin. A hand-built case of the rule."""
+    from dvce.samplers import PassResult, SampleState, _cells, _prune
+    part = torch.zeros(1, 16, 16)
+    part[0, 2:14, 1:15] = 1.0
+    pieces = _cells(part, 4)
+    assert len(pieces) == 16 and torch.equal(sum(pieces), part)
+    assert all(float(p.sum()) <= 16 for p in pieces) and _cells(part, 0) == [part]
+    clf = Problem(problem.ldm, TopBandClassifier(), 31)
+    x = torch.full((1, 3, 64, 64), -0.5)
+    edited = torch.full((1, 3, 64, 64), 0.5)
+    state = SampleState(clf, x, torch.ones(1))
+    out = PassResult(edited, clf.logit(edited), torch.ones(1, 1, 64, 64))
+    region, evidence = torch.ones(1, 1, 16, 16), torch.ones(1, 1, 64, 64)
+    args = (state, torch.arange(1), out, region, evidence, torch.tensor([True]), 3.0, 1, 0, 10, 2)
+    whole = _prune(*args, grid=0)
+    assert torch.equal(whole.img, edited)                  # one part: nothing to drop
+    cut = _prune(*args, grid=4)
+    assert torch.equal(cut.img[..., 32:, :], x[..., 32:, :])   # the lower half is the original
+    assert torch.equal(cut.img[..., :12, :], edited[..., :12, :])  # the band the flip needs stays
+    assert float(clf.logit(cut.img)) >= 3.0 and float(cut.logit) >= 3.0
+    assert float(cut.mask.mean()) < 0.45
+
+
 def test_run_folder_records_the_sampler_choices_per_image(problem, tmp_path):
     """CFBatch.info's per-sample values go to result.json (``sampler_info``) and their counts to
     summary.json and metrics.json."""

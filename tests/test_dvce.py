@@ -388,3 +388,18 @@ def test_run_folder_records_the_sampler_choices_per_image(problem, tmp_path):
     dist = summary["sampler_info"]
     assert sum(dist["attempts"].values()) == 2 and set(dist["t_start"]) <= {"100", "200"}
     assert evaluate_run(out)["sampler_info"]["attempts"] == dist["attempts"]
+
+
+def test_sampler_profile_times_the_stages_and_restores_them():
+    """benchmarks/sampler_profile.py: the stages of one adaptive call on 2 bench faces, nested
+    stages no longer than their parent, and the sampler module left as it was."""
+    from benchmarks import sampler_profile
+    from dvce import samplers
+    before = samplers._guided_pass
+    r = sampler_profile.profile(2, "adaptive", {"levels": (300,)})
+    assert samplers._guided_pass is before
+    st = r["stages"]
+    assert st["_pre_explanation"]["calls"] == 1 and st["_guided_pass"]["calls"] == 2
+    assert st["_invert"]["seconds"] <= st["_pre_explanation"]["seconds"] <= r["total"]
+    assert st.get("_renoised", {"seconds": 0.0})["seconds"] <= st["_robust"]["seconds"]
+    assert r["n"] == 2

@@ -403,3 +403,27 @@ def test_sampler_profile_times_the_stages_and_restores_them():
     assert st["_invert"]["seconds"] <= st["_pre_explanation"]["seconds"] <= r["total"]
     assert st.get("_renoised", {"seconds": 0.0})["seconds"] <= st["_robust"]["seconds"]
     assert r["n"] == 2
+
+
+def test_mnac_floor_reads_a_toy_run_and_counts_against_the_margin(toy_unseen, tmp_path):
+    """benchmarks/mnac_floor.py on a hand-made run folder of 6 faces of an unseen toy world:
+    it finds the faces through result.json, counts the open mouths from the renderer's factors,
+    and its below-margin count follows the margin."""
+    import toyfaces
+    from benchmarks.mnac_floor import mnac_floor
+    rows = [0, 1, 2, 3, 4, 5]
+    lmdb = next(toy_unseen.glob("*.lmdb"))
+    for r in rows:
+        (tmp_path / str(r)).mkdir()
+        (tmp_path / str(r) / "result.json").write_text(
+            json.dumps({"source": {"lmdb": str(lmdb), "index": r}}))
+    (tmp_path / "manifest.jsonl").write_text("".join(
+        json.dumps({"image": str(r), "status": "ok"}) + "\n" for r in rows))
+    (tmp_path / "metrics.json").write_text(json.dumps({"mnac": 0.5, "oracle_changed": {}}))
+    opened = int((toyfaces.load_factors(toy_unseen).mouth_open[rows] > 0.5).sum())
+    low = mnac_floor(tmp_path, margin=-1e9)
+    high = mnac_floor(tmp_path, margin=1e9)
+    assert low["n"] == 6 and low["open_mouths"] == opened == high["open_mouths"]
+    assert low["answer_key_below_margin"] == 0 and high["answer_key_below_margin"] == 6
+    assert high["open_below_margin"] == opened and 0 <= low["answer_key_mnac"] <= 10
+    assert low["run_mnac"] == 0.5

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 import toyfaces
+from classifier.evaluate import dataset_for, pick_not_smiling
 from classifier.models import load_classifier
 from classifier.registry import resolve_classifier
 from dvce.ldm import load_ldm
@@ -53,6 +56,14 @@ def toy_setup(device):
                           map_location=device).requires_grad_(False)
     ldm = load_ldm("toy", device=device)
     return data, clf, ldm, toyfaces.load_masks(data)
+
+
+def bench_faces(clf, data, n: int, device) -> tuple[list[int], torch.Tensor]:
+    """The rows and images (on ``device``) of the first ``n`` faces of ``data`` that ``clf``
+    calls not smiling: the faces every toy sampler benchmark explains."""
+    rows = pick_not_smiling(clf, data, n, device)
+    ds = dataset_for(data, split="all")
+    return rows, torch.stack([ds.read_image(r) for r in rows]).to(device)
 
 
 def write_result(r: dict, path) -> None:

@@ -12,13 +12,13 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import SEED_FAITHFUL, sampler_configs, toy_setup, write_result
+from benchmarks.common import (SEED_FAITHFUL, bench_faces, sampler_configs, toy_setup,
+                               write_result)
 from benchmarks.devices import bench_generate_devices, print_devices
 from benchmarks.gpu import bench_generate_gpu
 from benchmarks.protocol import bench_protocol_toy, print_protocol
 from classifier.attributes import attribute_index
 from classifier.devices import resolve_device
-from classifier.evaluate import dataset_for, pick_not_smiling
 from dvce.ldm import load_ldm, torch_dtype
 from dvce.metrics import localization
 from dvce.samplers import DEFAULT_METHOD, Problem, get_sampler
@@ -55,9 +55,7 @@ def bench_generate_toy(n: int = 8, device="cpu", seed_n: int | None = None,
     (``ldvce generate --dtype bf16``; rows ``METHOD bf16``), its flips judged by the float32
     classifier."""
     data, clf, ldm, masks = toy_setup(device)
-    rows = pick_not_smiling(clf, data, n, device)
-    ds = dataset_for(data, split="all")
-    x = torch.stack([ds.read_image(r) for r in rows]).to(device)
+    rows, x = bench_faces(clf, data, n, device)
     region = masks["Smiling"][rows]
     problem = Problem(ldm, clf, attribute_index("Smiling"))
     k = seed_n or len(x)

@@ -16,6 +16,7 @@ on a toy LMDB (``benchmarks/sampler_eval.py`` or ``ldvce generate --lmdb``):
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 from pathlib import Path
@@ -24,15 +25,11 @@ import numpy as np
 import torch
 
 import toyfaces
-from classifier.attributes import attribute_index
+from classifier.attributes import ATTRIBUTES, attribute_index
 from classifier.models import load_classifier
+from dvce.metrics import mnac, oracle_changes
 from toyfaces.render import render
 from toyfaces.world import toy_classifier
-
-#: The attributes the toy oracle models besides Smiling (those MNAC counts on the toy world).
-MODELLED = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Eyeglasses", "Wearing_Hat",
-            "No_Beard", "Male", "Mouth_Slightly_Open", "Mustache")
-
 
 def _images(factors) -> torch.Tensor:
     return torch.from_numpy(render(factors)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -52,17 +49,19 @@ def mnac_floor(run: Path, classifier: str = "toy_resnet", margin: float = 3.0) -
     closed.mouth_open = np.minimum(base.mouth_open, 0.2)
     clf = load_classifier(toy_classifier(classifier)).eval()
     oracle = load_classifier(toy_classifier("toy_oracle")).eval()
-    s, idx = attribute_index("Smiling"), [attribute_index(a) for a in MODELLED]
+    s = attribute_index("Smiling")
+    valid = torch.zeros(len(ATTRIBUTES), dtype=torch.bool)  # what MNAC counts on the toy world
+    valid[[attribute_index(a) for a in toyfaces.MODELLED]] = True
     with torch.no_grad():
-        before, after = oracle(_images(base))[:, idx] > 0, oracle(_images(smile))[:, idx] > 0
+        before, after = oracle(_images(base)), oracle(_images(smile))
         logit, logit_closed = clf(_images(smile))[:, s], clf(_images(closed))[:, s]
-    changed = before != after
+    changed = collections.Counter(a for names in oracle_changes(before, after, s, valid)
+                                  for a in names)
     opened = torch.from_numpy(base.mouth_open > 0.5)
     metrics = json.loads((run / "metrics.json").read_text())
     return {"run": str(run), "n": len(rows), "margin": margin,
-            "answer_key_mnac": float(changed.sum(1).float().mean()),
-            "answer_key_changed": {a: int(changed[:, i].sum()) for i, a in enumerate(MODELLED)
-                                   if changed[:, i].any()},
+            "answer_key_mnac": float(mnac(before, after, s, valid).mean()),
+            "answer_key_changed": dict(changed),
             "answer_key_flips": float((logit > 0).float().mean()),
             "answer_key_below_margin": int((logit < margin).sum()),
             "open_mouths": int(opened.sum()),

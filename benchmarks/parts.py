@@ -29,7 +29,6 @@ from dvce.ldm import COMPVIS_UNET_CONFIG, COMPVIS_VQ_CONFIG, build_random_ldm, t
 from dvce.samplers import Problem, _classifier_loss, get_sampler
 
 
-
 def _timer(device: torch.device, repeat: int) -> Callable[[Callable], float]:
     def run(fn) -> float:
         if device.type == "cuda":  # the first call compiles kernels and grows the allocator

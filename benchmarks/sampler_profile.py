@@ -20,9 +20,8 @@ import time
 
 import torch
 
-from benchmarks.common import toy_setup
+from benchmarks.common import bench_faces, toy_setup
 from classifier.attributes import attribute_index
-from classifier.evaluate import dataset_for, pick_not_smiling
 from dvce import samplers
 from dvce.samplers import DEFAULT_METHOD, Problem, get_sampler
 
@@ -34,9 +33,7 @@ STAGES = ("_pre_explanation", "_invert", "_guided_pass", "_attribution", "_inver
 def profile(n: int = 8, method: str = DEFAULT_METHOD, options: dict | None = None) -> dict:
     """{"total": s, "stages": {name: {"seconds": s, "calls": k}}} of one timed call."""
     data, clf, ldm, _ = toy_setup("cpu")
-    rows = pick_not_smiling(clf, data, n, "cpu")
-    ds = dataset_for(data, split="all")
-    x = torch.stack([ds.read_image(r) for r in rows])
+    _, x = bench_faces(clf, data, n, "cpu")
     problem = Problem(ldm, clf, attribute_index("Smiling"))
     seconds, calls = collections.Counter(), collections.Counter()
     originals = {name: getattr(samplers, name) for name in STAGES}

@@ -372,6 +372,61 @@ def test_prune_grid_cuts_one_grown_region_and_keeps_only_the_pieces_the_flip_nee
     assert float(cut.mask.mean()) < 0.45
 
 
+def test_preserve_penalty_is_a_hinge_on_the_other_decisions_coming_near_their_boundary():
+    """Hand-computed: a confident decision may drift down to the margin for free, a
+    low-confidence one may not lose what it had, a flipped one costs its whole way, and the
+    target attribute itself is never penalised."""
+    from dvce.samplers import _preserve_penalty
+    out0 = torch.tensor([[5.0, -0.5, -3.0, -4.0]])
+    out = torch.tensor([[2.5, 0.0, 1.0, 9.0]])
+    # attr 0: 5 -> 2.5, still past the margin 2: 0; attr 1: -0.5 -> 0: 0.5;
+    # attr 2: -3 -> 1 (flipped): 2 + 1 = 3; attr 3 is the target: ignored
+    assert float(_preserve_penalty(out, out0, attribute=3)) == pytest.approx(3.5)
+    assert float(_preserve_penalty(out0, out0, attribute=3)) == 0.0
+    # margin 6, above every confidence: each keeps what it had (2.5 + 0.5 + 4)
+    assert float(_preserve_penalty(out, out0, attribute=3, margin=6.0)) == pytest.approx(7.0)
+
+
+class TwoSidesClassifier(torch.nn.Module):
+    """Attribute 31 rises with the brightness of either half of the image; attribute 5 says
+    'the right half is dark': brightening the right half flips it, brightening the left does not."""
+
+    def forward(self, x):
+        left, right = x[..., :32].mean((1, 2, 3)), x[..., 32:].mean((1, 2, 3))
+        out = torch.zeros(len(x), 40, dtype=x.dtype)
+        out[:, 31] = 10 * (left + right)
+        out[:, 5] = -10 * (right - x.new_tensor(-0.1))
+        return out
+
+
+def test_preserve_turns_the_guidance_away_from_edits_that_flip_another_decision(problem):
+    """The guidance loss with ``preserve``: its gradient still brightens the left half (the
+    target rises, attribute 5 does not care) but no longer the right half, whose brightening
+    would flip attribute 5. In ``adaptive`` the weight reaches only the first
+    ``preserve_levels`` attempts: with none, the result is the one without ``preserve``."""
+    from dvce.samplers import _classifier_loss
+    clf = Problem(problem.ldm, TwoSidesClassifier(), 31)
+    x = _images(2, seed=11, level=-0.4)
+    out0 = clf.outputs(x)
+    assert bool((out0[:, 5] > 0).all()) and bool((out0[:, 31] < 0).all())
+
+    def grad(w):  # on the way: both halves a little brighter, attribute 5 a little lower
+        img = (x + 0.05).requires_grad_(True)
+        loss, _ = _classifier_loss(clf, img, x, torch.ones(2), 0.0, preserve=w, outputs0=out0)
+        g, = torch.autograd.grad(loss.sum(), img)
+        return -g[..., :32].sum(), -g[..., 32:].sum()   # descent direction: + = brighten
+    left0, right0 = grad(0.0)
+    left5, right5 = grad(5.0)
+    assert left0 > 0 and right0 > 0 and left5 == pytest.approx(float(left0))
+    assert right5 < 0 < right0
+    sampler = get_sampler("adaptive")
+    base = sampler(clf, x, torch.ones(2), **QUICK["adaptive"])
+    gated = sampler(clf, x, torch.ones(2), preserve=5.0, preserve_levels=0, **QUICK["adaptive"])
+    used = sampler(clf, x, torch.ones(2), preserve=5.0, **QUICK["adaptive"])
+    assert torch.equal(gated.counterfactual, base.counterfactual)
+    assert not torch.equal(used.counterfactual, base.counterfactual)
+
+
 def test_run_folder_records_the_sampler_choices_per_image(problem, tmp_path):
     """CFBatch.info's per-sample values go to result.json (``sampler_info``) and their counts to
     summary.json and metrics.json."""

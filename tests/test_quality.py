@@ -26,6 +26,10 @@ def _images(data, rows):
     return torch.stack([ds.read_image(r) for r in rows])
 
 
+#: Faces the DDIM round trip is measured on (the VQ round trip uses all 96).
+INVERTED = 32
+
+
 @pytest.fixture(scope="module")
 def roundtrip(world):
     from dvce import diffusion
@@ -34,15 +38,16 @@ def roundtrip(world):
     with torch.no_grad():
         z = diffusion.encode(ldm, x)
         rec = diffusion.decode(ldm, z).clamp(-1, 1)
-        ts = diffusion.schedule(780, 100)
-        inv = diffusion.decode(ldm, diffusion.ddim_denoise(ldm, diffusion.ddim_invert(ldm, z, ts), ts))
+        # the 79-step inversion on the first 32 faces: a third of the suite's longest setup
+        ts, zi = diffusion.schedule(780, 100), z[:INVERTED]
+        inv = diffusion.decode(ldm, diffusion.ddim_denoise(ldm, diffusion.ddim_invert(ldm, zi, ts), ts))
     return x, rec, inv.clamp(-1, 1)
 
 
 def test_toy_ldm_reconstruction_and_inversion(roundtrip):
     x, rec, inv = roundtrip
     l1 = float((rec - x).abs().mean())
-    inv_l1 = float((inv - rec).abs().mean())
+    inv_l1 = float((inv - rec[:INVERTED]).abs().mean())
     print(f"\nVQ round trip L1 {l1:.4f}, DDIM@780 (79 steps) vs VQ reconstruction L1 {inv_l1:.4f}")
     assert l1 <= 0.05 and inv_l1 <= 0.05
 

@@ -33,4 +33,4 @@ bench: $(STAMP)
 	$(VENV)/bin/ldvce bench generate
 
 clean-cache:
-	rm -rf .cache/ldvce
+	rm -rf "$${LDVCE_CACHE:-.cache/ldvce}"

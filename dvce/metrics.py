@@ -87,8 +87,8 @@ CHANGE_REL = 0.2
 def change_mask(delta: np.ndarray, rel: float = CHANGE_REL) -> np.ndarray:
     """(H, W) bool: where a counterfactual changed the image, from its (H, W) |Δ| map (channels
     summed): the pixels with at least ``rel`` × the largest change; empty when nothing changed.
-    ``--num-cfs`` keeps later counterfactuals out of these pixels, and the diversity IoU
-    compares them."""
+    The diversity IoU of ``--num-cfs`` compares these masks (default ``rel``); its keep-out
+    rule uses the same mask at ``dvce.diverse.KEEP_OUT_REL``."""
     d = np.asarray(delta, dtype=np.float64)
     peak = float(d.max()) if d.size else 0.0
     return d >= rel * peak if peak > 0 else np.zeros(d.shape, bool)

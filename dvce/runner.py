@@ -22,7 +22,7 @@ from classifier.dataset import CelebHQAttrDataset
 from classifier.images import UnreadableImageError, load_image, save_image, tensor_to_uint8
 from dvce import runfolder as rf
 from dvce.diverse import Candidate, check_method, counterfactual_rounds, ranked
-from dvce.samplers import DEFAULT_METHOD, Problem, get_sampler
+from dvce.samplers import DEFAULT_METHOD, Problem, check_options, get_sampler
 from fileio import atomic_write_bytes, list_image_files
 
 STATUSES = rf.STATUSES
@@ -229,6 +229,7 @@ def run(items: list[Item], problem: Problem, out, method: str = DEFAULT_METHOD, 
 def run_settings(method: str, options: dict, settings: dict | None, num_cfs: int) -> dict:
     """What every ``result.json`` of a run records about how it was made (checks ``num_cfs``)."""
     check_method(method, num_cfs)
+    check_options(method, options)
     return {"method": method, "options": options, **(settings or {}),
             **({"num_cfs": num_cfs} if num_cfs > 1 else {})}
 

@@ -114,7 +114,7 @@ class SampleState:
     the frame reports to the callback.
 
     Creating it classifies the input and reports frame 0 (the original); samples whose input or
-    logit is non-finite are failed from the start. ``keep_out``: see :data:`KEEP_OUT`.
+    logit is non-finite are failed from the start. ``keep_out``: see :data:`NOT_OPTIONS`.
     """
 
     def __init__(self, problem: Problem, x: torch.Tensor, target: torch.Tensor,
@@ -716,8 +716,9 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
        by ``margin``, every one of the ``views`` views is on the target side
        (``check_views``), and the flip survives re-noising (``check_renoise``: the
        counterfactual inverted to ``renoise_t`` and denoised back, original pixels outside the
-       region). Otherwise the next attempt runs; after the last one the first attempt that
-       flipped at all is kept (as :func:`guided` does below its margin). With ``prune``, parts
+       region). Otherwise the next attempt runs; the last attempt is kept when it flipped at all
+       (robust or not), else the first attempt that flipped (as :func:`guided` does below
+       its margin). With ``prune``, parts
        of the region an accepted flip does not need are then put back to the original.
 
     Measured (docs/results_adaptive.md): on 48 faces of each of two unseen toy seeds it flips
@@ -753,7 +754,8 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         when it ships one, else the full one). The pre-explanation only locates, so a cheaper,
         slightly wrong gradient does not matter there (measured: a fifth of the sampler's time
         on the toy world, no loss in flips or oracle agreement); its final image, from which
-        the evidence comes, and the attempts always use the full decoder.
+        the evidence comes, is always decoded with the full decoder; the attempts' gradient
+        follows ``grad_decoder``.
     region : bool
         Edit only inside the region from the pre-explanation (False: no pre-explanation, the
         attempts edit the whole latent).
@@ -861,7 +863,8 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         accept = _robust(state, todo, out, margin, views if check_views else 1,
                          renoise_t if check_renoise else 0, num_steps)
         if prune and m is not None and bool(accept.any()):
-            out = _prune(state, todo, out, m, evidence[todo], accept, margin, views,
+            out = _prune(state, todo, out, m, evidence[todo], accept, margin,
+                         views if check_views else 1,
                          renoise_t if check_renoise else 0, num_steps, 2 + len(ts), prune_grid)
         kept.record(todo.cpu(), k, t_start, out, accept, _toward(out.logit, state.target[todo]))
         state.settle(todo, out.img, out.logit, iters, last=k == len(levels) - 1, accept=accept)
@@ -1056,3 +1059,13 @@ def sampler_defaults(name: str) -> dict:
     """The keyword options of sampler ``name`` with their defaults (:data:`NOT_OPTIONS` left out)."""
     return {k: p.default for k, p in inspect.signature(get_sampler(name)).parameters.items()
             if p.kind is p.KEYWORD_ONLY and k not in NOT_OPTIONS}
+
+
+def check_options(name: str, options: dict) -> None:
+    """Raise a ValueError naming every option of ``options`` that sampler ``name`` does not
+    have, before any model loads (a JSON ``--options`` of another method, a misspelling)."""
+    known = sampler_defaults(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"method {name!r} has no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(known)}")

@@ -445,13 +445,15 @@ def distill_decoder(*, ldm: str = "toy", data: str, out: str, n: int = 4000, ste
                     checkpoint_every: int = 250, devices: int | None = None,
                     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto",
                     device: str = "auto") -> dict | None:
-    """Distil a small guidance decoder from an LDM's VQ decoder (for --guided.grad_decoder).
+    """Distil a small guidance decoder from an LDM's VQ decoder (for the samplers' grad_decoder).
 
     Trains a small convolutional decoder (TAESD-style) on the LDM's latents of --data to
     reproduce the VQ decoder's images and its vector-Jacobian products (the classifier's
     gradient goes through it). Writes OUT/model.safetensors and OUT/config.json (with the
     held-out decode error and gradient cosine); resumes from OUT/checkpoint.pt. Put OUT at
-    LDM_FOLDER/grad_decoder for --guided.grad_decoder auto, or pass OUT itself.
+    LDM_FOLDER/grad_decoder: the default sampler's pre-explanation then uses it
+    (--adaptive.pre_grad_decoder auto), and so do --adaptive.grad_decoder auto and
+    --guided.grad_decoder auto; or pass OUT itself to those options.
 
     Parameters
     ----------
@@ -694,7 +696,8 @@ def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, 
     method : str
         Sampler of the edits (default: the default method, with its defaults).
     options : str
-        The sampler's options as a JSON object, e.g. '{"t_start": 800}'.
+        The sampler's options as a JSON object, e.g. '{"margin": 6}' (the default
+        method's; `ldvce generate --help` lists each method's).
     batch_size : int
         Images per sampler call.
     split : str

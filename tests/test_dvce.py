@@ -100,6 +100,19 @@ def test_unknown_method_lists_available():
         get_sampler("nope")
 
 
+def test_unknown_options_are_named_with_the_methods_own(tmp_path):
+    from dvce import runner
+    from dvce.samplers import check_options
+    check_options("guided", {"t_start": 800, "mask": False})
+    with pytest.raises(ValueError, match="no option 'mask', 't_start'; its options: levels"):
+        check_options("adaptive", {"t_start": 800, "mask": False, "margin": 2.0})
+    with pytest.raises(ValueError, match="'keep_out'"):  # not a command-line option
+        check_options("adaptive", {"keep_out": None})
+    with pytest.raises(ValueError, match="no option 'sclae'"):  # before the run folder is made
+        runner.run([], None, tmp_path / "run", method="guided", options={"sclae": 0.3})
+    assert not (tmp_path / "run").exists()
+
+
 def test_nan_sample_fails_without_spoiling_the_batch(problem, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

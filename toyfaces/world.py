@@ -81,7 +81,8 @@ def toy_classifier(name: str = "toy_resnet", quiet: bool = True, retrain: bool =
 
     Parameters
     ----------
-    name : ``toy_resnet``, ``toy_oracle`` or ``toy_linear``.
+    name : one of :data:`TOY_CLASSIFIERS` (the Clever-Hans classifier ``toy_biased_hat`` is
+        in :data:`SHIPPED_ALIASES` instead).
     retrain : train now with the project's training code (``configs/classifier/<name>.yaml`` on
         the rendered ``toy-train`` data, several minutes on 2 cores) instead of using the shipped
         weights; the result replaces ``<cache>/models/<name>.ckpt``. A classifier that is not

@@ -10,7 +10,7 @@ from classifier.attributes import attribute_name
 from classifier.models import load_classifier
 from classifier.registry import resolve_classifier
 from dvce.ldm import load_ldm
-from dvce.samplers import DEFAULT_METHOD
+from dvce.samplers import DEFAULT_METHOD, check_options
 from experiments.shortcut.edit import DIRECTIONS, edit_faces, pick_faces, score_edits
 from experiments.shortcut.figures import shortcut_figure
 from experiments.shortcut.report import format_table, write_report
@@ -50,6 +50,7 @@ def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str
     out.mkdir(parents=True, exist_ok=True)
     (out / "shortcut.json").unlink(missing_ok=True)  # present again only when finished
     method = method or DEFAULT_METHOD
+    check_options(method, dict(options or {}))
     cue, target = attribute_name(cue), attribute_name(target)
     control = attribute_name(control) if control else None
     if str(classifier) == str(editor):

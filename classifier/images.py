@@ -48,7 +48,9 @@ def decode_image(data: bytes, size: int | None = None, source: str = "<bytes>") 
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:  # its message names a BytesIO object, not the file
+        raise UnreadableImageError(f"{source}: not a readable image (not a format PIL knows)") from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImageError(f"{source}: not a readable image ({e})") from e
     img = to_rgb(img)
     return resize_center_crop(img, size) if size else img

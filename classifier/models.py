@@ -326,9 +326,23 @@ def _describe(cls_name: str, hp: dict) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The state dict and hyper-parameters of a ``.ckpt`` or ``.safetensors`` file; a file that
+    is missing, a folder, truncated or not a checkpoint raises an error that names it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"classifier checkpoint not found: {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier checkpoint {path} is a folder, not a file")
+    try:
+        return _read_checkpoint(path)
+    except CheckpointMismatchError:
+        raise
+    except Exception as e:  # safetensors, pickle and zip errors say nothing about which file
+        raise ValueError(f"{path} is not a readable classifier checkpoint "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def _read_checkpoint(path: Path) -> dict:
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -338,7 +352,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                 "ldvce_class": meta.get("class")}
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
+        raise CheckpointMismatchError(f"{path}: not a Lightning checkpoint (no state_dict)")
     return ckpt
 
 
@@ -370,8 +384,11 @@ def load_classifier(path: str | os.PathLike, expect: str | None = None, map_loca
     hp = dict(ckpt.get("hyper_parameters", {}))
     sd = ckpt["state_dict"]
     if "num_classes" not in hp:
-        hp["num_classes"] = int(sd["net.fc.weight" if found == "ResNetClassifier"
-                                   else "net.4.weight"].shape[0])
+        head = "net.fc.weight" if found == "ResNetClassifier" else "net.4.weight"
+        if head not in sd:
+            raise CheckpointMismatchError(f"{path} holds no {found} output layer ({head}): not "
+                                          "a checkpoint of this project's classifiers")
+        hp["num_classes"] = int(sd[head].shape[0])
     wanted = dict(expect_hparams)
     if "input_dim" in wanted and wanted["input_dim"] is not None:
         wanted["input_dim"] = list(wanted["input_dim"])

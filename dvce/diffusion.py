@@ -33,6 +33,10 @@ def decode(ldm: LDM, z: torch.Tensor, quantize: bool = True) -> torch.Tensor:
 
 def schedule(t_start: int, num_steps: int = 100, num_train: int = 1000) -> list[int]:
     """Ascending DDIM timesteps ``[0, k, …, t_start]`` with ``k = num_train // num_steps``."""
+    if not 1 <= num_steps <= num_train:
+        raise ValueError(f"num_steps must be in 1..{num_train}, got {num_steps}")
+    if not 0 <= t_start < num_train:
+        raise ValueError(f"t_start (a noise level) must be in 0..{num_train - 1}, got {t_start}")
     k = num_train // num_steps
     if t_start % k:
         raise ValueError(f"t_start={t_start} is not on the {num_steps}-step grid (multiples of {k})")

@@ -168,6 +168,7 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
     metrics = _means(per)
     metrics["n"] = len(items)
     metrics["attribute"] = attribute
+    metrics["run"] = runfolder.run_state(run_dir)
     metrics["per_image"] = {it.image_id: {k: float(v[i]) for k, v in per.items()}
                             for i, it in enumerate(items)}
     from dvce.runner import info_distributions
@@ -215,6 +216,12 @@ def _scores(items: list[RunItem], xs: torch.Tensor, cfs: list, t_idx: int, oracl
         changed = oracle_changes(before, after, t_idx, valid)
     if masks is not None:
         region = masks[attribute]
+        rows = [it.source_index for it in items]
+        if all(r is None for r in rows) or any(r is not None and not 0 <= r < len(region)
+                                               for r in rows):
+            raise ValueError(f"the masks ({len(region)} rows) do not belong to this run's images: "
+                             "localisation needs a run made with --lmdb from the masks' dataset "
+                             f"(dataset rows of this run: {sorted(r for r in rows if r is not None)[:5] or 'none'})")
         per["localization"] = torch.tensor([
             localization((c - x).abs().sum(0).numpy(), region[it.source_index])
             if it.source_index is not None else float("nan")

@@ -200,6 +200,16 @@ def finished(run_dir) -> dict[str, dict]:
     return out
 
 
+def run_state(run_dir) -> dict:
+    """Whether a run folder is whole: ``finished`` (its summary exists: the run reached its end;
+    a stopped or still running one has none) and ``broken`` (item folders whose ``result.json``
+    is missing or unreadable, so readers skip them)."""
+    run_dir = Path(run_dir)
+    broken = sorted((d.name for d in run_dir.iterdir() if _is_item_dir(d) and read_result(d) is None),
+                    key=natural_key) if run_dir.is_dir() else []
+    return {"finished": (run_dir / SUMMARY).is_file(), "broken": broken}
+
+
 def list_items(run_dir) -> list[RunItem]:
     """Finished items of a run, in manifest order (input order), the rest in natural order."""
     run_dir = Path(run_dir)

@@ -8,7 +8,9 @@ folders and agrees with them.
 from __future__ import annotations
 
 import io
+import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -213,6 +215,8 @@ def run(items: list[Item], problem: Problem, out, method: str = DEFAULT_METHOD, 
     sampler = get_sampler(method)
     options = dict(options or {})
     settings = run_settings(method, options, settings, num_cfs)
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     order, todo, extra = resume_state(items, out, settings)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"lDVCE ({method})",
                unit="img", disable=not progress)
@@ -240,15 +244,23 @@ def resume_state(items: list[Item], out, settings: dict | None = None
 
     ``order`` is the input order of the ids, ``todo`` the items without a finished folder or a
     failure record, ``records`` the failed/unreadable entries of the manifest (kept, not retried).
-    Creates ``out`` and removes folders left half-written by a killed run. With ``settings``
-    (:func:`run_settings`), refuses to resume a run made with another method or ``--num-cfs``.
+    Creates ``out``, removes folders left half-written by a killed run and the summary of an
+    earlier run (written again when this one finishes, so a run stopped midway never looks
+    finished). With ``settings`` (:func:`run_settings`), refuses to resume a run made otherwise
+    (:data:`RUN_IDENTITY`).
     """
     out = Path(out)
+    order = [it.image_id for it in items]
+    if not order:
+        raise ValueError("no input images: nothing to generate")
+    repeated = sorted(i for i, k in Counter(order).items() if k > 1)
+    if repeated:
+        raise ValueError(f"image ids must be unique, but {', '.join(map(repr, repeated[:5]))} "
+                         "occur more than once (two files share a name stem, or an index is "
+                         "given twice)")
     out.mkdir(parents=True, exist_ok=True)
     rf.clean_partials(out)
-    order = [it.image_id for it in items]
-    if len(set(order)) != len(order):
-        raise ValueError("image ids must be unique (two files share a name stem?)")
+    (out / rf.SUMMARY).unlink(missing_ok=True)
     done = rf.finished(out)
     if settings is not None:
         check_same_run(out, settings, done)
@@ -258,20 +270,35 @@ def resume_state(items: list[Item], out, settings: dict | None = None
     return order, todo, extra
 
 
+#: What makes a run folder one run (``result.json`` keys): ``evaluate``, the study and the
+#: summary read every item of a folder as made the same way.
+RUN_IDENTITY = ("method", "num_cfs", "options", "attribute", "classifier", "ldm", "dtype")
+
+
+def _identity(result: dict) -> dict:
+    """The :data:`RUN_IDENTITY` of a ``result.json`` or of :func:`run_settings`, JSON-normalised
+    (tuples as lists); keys an older run did not record are left out."""
+    have = {k: result[k] for k in RUN_IDENTITY if result.get(k) is not None}
+    have.setdefault("num_cfs", 1)
+    return json.loads(json.dumps(have, default=str))
+
+
 def check_same_run(out, settings: dict, done: dict[str, dict] | None = None) -> None:
     """A resumed run must be made the way its finished items (``done``, default: read from
-    ``out``) were: one run folder, one method and one number of counterfactuals per image (what
-    ``evaluate`` and the study read as one run). Raises ValueError otherwise."""
+    ``out``) were: the same :data:`RUN_IDENTITY` (method, options, classifier, attribute, LDM,
+    precision, counterfactuals per image). Raises ValueError naming what differs otherwise."""
     out = Path(out)
     done = rf.finished(out) if done is None else done
-    want = (settings.get("method"), settings.get("num_cfs", 1))
+    want = _identity(settings)
     for image_id, result in done.items():
-        have = (result.get("method"), result.get("num_cfs", 1))
-        if have[0] is not None and have != want:
+        have = _identity(result)
+        differ = [k for k in RUN_IDENTITY if k in have and k in want and have[k] != want[k]]
+        if differ:
+            was = ", ".join(f"{k}={have[k]}" for k in differ)
+            now = ", ".join(f"{k}={want[k]}" for k in differ)
             raise ValueError(
-                f"{out} already holds counterfactuals made with method={have[0]}, num_cfs={have[1]} "
-                f"(e.g. {out / image_id}); this run asks for method={want[0]}, num_cfs={want[1]}. "
-                "Resume with the same settings, or write to a new --out.")
+                f"{out} already holds counterfactuals made with {was} (e.g. {out / image_id}); "
+                f"this run asks for {now}. Resume with the same settings, or write to a new --out.")
 
 
 def generate_batch(batch: list[Item], problem: Problem, out: Path, sampler, target, options: dict,

@@ -823,6 +823,16 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         (e.g. where a suspected cue lives) used instead of the pre-explanation's, fixed over
         the attempts (no growth) and not pruned; not a command-line option.
     """
+    _check_ranges(scale=(scale, scale > 0, "above 0"),
+                  pre_scale=(pre_scale, pre_scale >= 0, "at least 0"),
+                  region_threshold=(region_threshold, 0 < region_threshold <= 1, "in (0, 1]"),
+                  region_grow=(region_grow, 0 < region_grow <= 1, "in (0, 1]"),
+                  scale_grow=(scale_grow, scale_grow >= 1, "at least 1"),
+                  margin=(margin, margin >= 0, "at least 0"),
+                  l1_weight=(l1_weight, l1_weight >= 0, "at least 0"),
+                  preserve=(preserve, preserve >= 0, "at least 0"),
+                  preserve_levels=(preserve_levels, preserve_levels >= 0, "at least 0"),
+                  prune_grid=(prune_grid, prune_grid >= 0, "at least 0"))
     state = SampleState(problem, x, target, callback, keep_out)
     if not 1 <= views <= len(VIEWS):
         raise ValueError(f"views must be in 1..{len(VIEWS)}, got {views}")
@@ -872,6 +882,15 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
     return state.result(attempts=kept.attempts.tolist(), t_start=kept.t_start.tolist(),
                         region_fraction=kept.fraction.tolist(), robust=kept.robust.tolist(),
                         mask=kept.masks, num_steps=num_steps)
+
+
+def _check_ranges(**options: tuple[object, bool, str]) -> None:
+    """Raise a ValueError naming the first option outside its range, given as
+    ``name=(value, in_range, "the range in words")``: a negative scale or a threshold above 1
+    would run and quietly flip nothing."""
+    for name, (value, ok, allowed) in options.items():
+        if not ok:
+            raise ValueError(f"{name} must be {allowed}, got {value}")
 
 
 def _pre_explanation(state: SampleState, pre_t: int, pre_steps: int, pre_scale: float,

@@ -342,13 +342,22 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     if several and device != "auto":
         raise SystemExit("ldvce generate: --device picks one device; with --devices use "
                          "--accelerator (cpu/gpu) instead")
+    source = Path(images or lmdb)  # named before any model loads
+    if images and not source.is_dir():
+        raise SystemExit(f"ldvce generate: --images must be a folder of images; {source} "
+                         f"{'is a file' if source.exists() else 'was not found'}")
+    if lmdb and not source.exists():
+        raise SystemExit(f"ldvce generate: --lmdb not found: {source}")
     # with --devices each process moves its own copy from the CPU
     problem = _problem(ldm, classifier, attribute, _device("cpu" if several else device), dtype)
     size = problem.ldm.image_size
-    if images:
-        items = runner.folder_items(images, size)
-    else:
-        items = runner.lmdb_items(lmdb, attr_file or _sibling_attr_file(lmdb), indices, size)
+    try:
+        if images:
+            items = runner.folder_items(images, size)
+        else:
+            items = runner.lmdb_items(lmdb, attr_file or _sibling_attr_file(lmdb), indices, size)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+        raise SystemExit(f"ldvce generate: {e.args[0] if isinstance(e, KeyError) else e}")
     settings = {"attribute": attribute_name(attribute), "ldm": str(ldm),
                 "classifier": str(classifier), "dtype": dtype}
     if several:
@@ -370,7 +379,7 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
                                  num_cfs=num_cfs)
         except ValueError as e:
             raise SystemExit(f"ldvce generate: {e}")
-    _report_generation(summary, method, out, items)
+    _report_generation(summary, method, out, items, size)
     return summary
 
 
@@ -380,21 +389,38 @@ def _problem(ldm: str, classifier: str, attribute: str, device, dtype: str = "fp
     from classifier.attributes import attribute_index
     from classifier.models import load_classifier
     from classifier.registry import resolve_classifier
-    from dvce.ldm import load_ldm, torch_dtype
+    from dvce.ldm import LDMNotAvailableError, load_ldm, torch_dtype
     from dvce.samplers import Problem
     precision = torch_dtype(dtype)
-    model = load_ldm(ldm, device=device, dtype=precision)
-    try:
+    try:  # the cheap checks first: nothing loads before a misspelt attribute or path is named
+        index = attribute_index(attribute)
         ckpt = resolve_classifier(classifier)
-    except FileNotFoundError as e:
-        raise SystemExit(f"ldvce generate: {e}")
-    clf = load_classifier(ckpt, map_location=device).requires_grad_(False).to(precision)
-    return Problem(model, clf, attribute_index(attribute))
+        clf = load_classifier(ckpt, map_location=device).requires_grad_(False).to(precision)
+        model = load_ldm(ldm, device=device, dtype=precision)
+    except (FileNotFoundError, KeyError, ValueError, OSError, LDMNotAvailableError) as e:
+        raise SystemExit(f"ldvce generate: {e.args[0] if isinstance(e, KeyError) else e}")
+    return Problem(model, clf, index)
 
 
-def _report_generation(summary: dict, method: str, out, items) -> None:
-    """Print a generation run's outcome, then every unreadable input (where it came from) and
-    every failed image (why)."""
+def _converted_inputs(paths: list[str], size: int | None) -> list[str]:
+    """``"name W×H MODE"`` of each readable image file that is not ``size``² RGB (read from the
+    file headers only; unreadable ones are reported by the run)."""
+    from PIL import Image
+    odd = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                if im.mode != "RGB" or (size and im.size != (size, size)) or im.width != im.height:
+                    odd.append(f"{Path(p).name} {im.width}×{im.height} {im.mode}")
+        except Exception:  # noqa: BLE001 - unreadable: the manifest says why
+            continue
+    return odd
+
+
+def _report_generation(summary: dict, method: str, out, items, size: int | None = None) -> None:
+    """Print a generation run's outcome, the input files that had to be cropped, resized or
+    converted to ``size``² RGB, then every unreadable input (where it came from) and every
+    failed image (why)."""
     from dvce import runfolder
     l1 = summary["mean_l1"]
     print(f"{summary['n_generated']} counterfactuals ({method}): flip rate "
@@ -402,6 +428,12 @@ def _report_generation(summary: dict, method: str, out, items) -> None:
           f"{summary['seconds_per_image'] or 0:.2f} s/image; {summary['n_failed']} failed, "
           f"{summary['n_unreadable']} unreadable -> {out}")
     sources = {it.image_id: it.source for it in items}
+    converted = _converted_inputs([s["path"] for s in sources.values() if "path" in s],
+                                  size)
+    if converted:
+        print(f"note: {len(converted)} input(s) were not square RGB at the model's size and were "
+              f"centre-cropped, resized and converted: {', '.join(converted[:5])}"
+              f"{' …' if len(converted) > 5 else ''}")
     for e in runfolder.read_manifest(out).values():
         if e["status"] == "unreadable":
             src = sources.get(e["image"], {})
@@ -566,17 +598,27 @@ def evaluate(run: str | None = None, *, oracle: str | None = None, masks: str | 
     from classifier.models import load_classifier
     from dvce.metrics import evaluate_run, format_table, write_metrics
     from classifier.registry import resolve_classifier
-    model = load_classifier(resolve_classifier(oracle)).requires_grad_(False) if oracle else None
-    region, oracle_attrs = None, None
-    if masks:
-        import toyfaces
-        from classifier.attributes import attribute_index
-        region = toyfaces.load_masks(masks)
-        oracle_attrs = [attribute_index(a) for a in toyfaces.MODELLED]
-    m = evaluate_run(run, oracle=model, masks=region, attribute=attribute,
-                     oracle_attributes=oracle_attrs)
+    try:
+        model = load_classifier(resolve_classifier(oracle)).requires_grad_(False) if oracle else None
+        region, oracle_attrs = None, None
+        if masks:
+            import toyfaces
+            from classifier.attributes import attribute_index
+            region = toyfaces.load_masks(masks)
+            oracle_attrs = [attribute_index(a) for a in toyfaces.MODELLED]
+        m = evaluate_run(run, oracle=model, masks=region, attribute=attribute,
+                         oracle_attributes=oracle_attrs)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise SystemExit(f"ldvce evaluate: {e.args[0] if isinstance(e, KeyError) else e}")
     path = write_metrics(run, m)
     print(format_table(m))
+    state = m["run"]
+    if not state["finished"]:
+        print(f"warning: {run} has no summary.json: the run stopped before its end (or is still "
+              f"running); these metrics cover the {m['n']} images finished so far")
+    if state["broken"]:
+        print(f"warning: {len(state['broken'])} item folder(s) without a readable result.json "
+              f"were left out: {', '.join(state['broken'][:10])}")
     print(f"wrote {path}")
     return m
 

@@ -230,6 +230,9 @@ def evaluate_study(
         An unreadable export or exclusion file; ``exclude_failed_catch`` without catch results.
     """
     ex = export if isinstance(export, StudyExport) else read_export(export, display_size, analysis_size)
+    if not ex.participants:
+        raise ExportError(f"study export {ex.source} has no participant rows (only a header): "
+                          "nothing to evaluate")
     ex, excluded, rules = _exclude(ex, finished_only, exclude_failed_catch, exclude_file)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -206,7 +206,8 @@ def read_export(source, display_size: int = DISPLAY_SIZE, analysis_size: int = A
     Raises
     ------
     ExportError
-        If the file does not exist, cannot be read, or has no header row.
+        If the file does not exist, cannot be read, has no header row, or its header has no
+        selection or annotation column (not a study export).
     """
     if hasattr(source, "read"):
         text = source.read()
@@ -228,6 +229,10 @@ def read_export(source, display_size: int = DISPLAY_SIZE, analysis_size: int = A
         raise ExportError(f"study export {name} is empty (no header row)")
     export = _parse_records(records, display_size, analysis_size)
     export.source = name
+    if not export.selection_images and not export.annotation_images:
+        raise ExportError(f"study export {name} has no selection or annotation column (header: "
+                          f"{', '.join(h for h in records[0][:6] if h)[:200]}…); expected the CSV "
+                          "downloaded from the study app, comma-separated")
     return export
 
 
@@ -349,7 +354,7 @@ def _parse_row(r: int, rec: list[str], header: list[str], cols: _Columns, ex: St
     for img, polys in cols.annotation.items():
         drawn = []
         for poly in sorted(polys):
-            p = _parse_polygon(r, rec, header, polys[poly], cell, issue)
+            p = _parse_polygon(r, rec, header, polys[poly], cell, issue, ex.display_size)
             if p is not None:
                 drawn.append(p)
         if drawn:
@@ -401,8 +406,9 @@ def _parse_coord(v: str) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _parse_polygon(r, rec, header, pc: _PolyColumns, cell, issue) -> Polygon | None:
-    """One polygon of one row, or None when the row has none there. Reports what it skips."""
+def _parse_polygon(r, rec, header, pc: _PolyColumns, cell, issue, size: int) -> Polygon | None:
+    """One polygon of one row (vertices on the ``size``² display canvas), or None when the row
+    has none there. Reports what it skips."""
     ks = sorted(pc.points)
     last_col = max([pc.tool or 0] + [j for axes in pc.points.values() for j in axes.values()])
     cut = last_col >= len(rec)
@@ -427,7 +433,12 @@ def _parse_polygon(r, rec, header, pc: _PolyColumns, cell, issue) -> Polygon | N
         for val, raw, axis in ((x, xs, "x"), (y, ys, "y")):
             if val is None:
                 issue(ParseIssue(r, header[axes[axis]], raw, f"coordinate is not a finite number; vertex {k} skipped"))
-        if x is not None and y is not None:
+        outside = [f"{a}={v:g}" for a, v in (("x", x), ("y", y))
+                   if v is not None and not 0 <= v <= size]
+        if outside:
+            issue(ParseIssue(r, header[axes["x"]], ", ".join(outside),
+                             f"vertex {k} lies outside the {size}×{size} display canvas; vertex skipped"))
+        elif x is not None and y is not None:
             pts.append((x, y))
     if not any_value:
         return None

@@ -96,6 +96,25 @@ def test_wrong_architecture_or_class_count_names_both(tmp_path):
         load_classifier(tmp_path / "missing.ckpt")
 
 
+def test_unreadable_checkpoints_are_named(tmp_path):
+    """Truncated, foreign or non-checkpoint files, and folders, give an error naming the file."""
+    from safetensors.torch import save_file
+    r = export_safetensors(ResNetClassifier(arch="resnet18", image_size=64), tmp_path / "r.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(r.read_bytes()[:100])
+    (tmp_path / "text.ckpt").write_text("garbage\n")
+    torch.save({"weights": 1}, tmp_path / "nostate.ckpt")
+    save_file({"conv.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    for name, says in (("cut.safetensors", "not a readable classifier checkpoint"),
+                       ("text.ckpt", "not a readable classifier checkpoint"),
+                       ("nostate.ckpt", "no state_dict"),
+                       ("other.safetensors", "no LinearClassifier output layer")):
+        with pytest.raises(ValueError, match=says) as e:
+            load_classifier(tmp_path / name)
+        assert name in str(e.value)
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        load_classifier(tmp_path)
+
+
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     _train_tiny(tmp_path, "toy_resnet.yaml",
                 ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def test_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "ldvce.cli", "--help"], capture_output=True,
@@ -119,3 +121,30 @@ def test_train_passes_its_arguments_to_lightning():
     r = subprocess.run([sys.executable, "-m", "ldvce.cli", "train", "--help"], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and "--trainer.max_epochs" in r.stdout
+
+
+def test_generate_names_a_missing_input_before_loading_models(tmp_path):
+    from ldvce.cli import main
+    (tmp_path / "one.png").write_bytes(b"x")
+    with pytest.raises(SystemExit, match="--images must be a folder of images; .*one.png is a file"):
+        main(["generate", "--images", str(tmp_path / "one.png"), "--classifier", "nothere.ckpt",
+              "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="--lmdb not found: .*nope.lmdb"):
+        main(["generate", "--lmdb", str(tmp_path / "nope.lmdb"), "--classifier", "nothere.ckpt",
+              "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="unknown attribute 'Smilng'"):
+        main(["generate", "--images", str(tmp_path), "--classifier", "toy_resnet",
+              "--attribute", "Smilng", "--ldm", "toy", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_converted_inputs_are_listed(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from ldvce.cli import _converted_inputs
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "ok.png")
+    Image.fromarray(np.zeros((37, 100, 3), np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "gray.png")
+    (tmp_path / "text.png").write_text("not an image")
+    paths = [str(tmp_path / n) for n in ("ok.png", "wide.png", "gray.png", "text.png")]
+    assert _converted_inputs(paths, 64) == ["wide.png 100×37 RGB", "gray.png 64×64 L"]

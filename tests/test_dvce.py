@@ -495,3 +495,13 @@ def test_mnac_floor_reads_a_toy_run_and_counts_against_the_margin(toy_unseen, tm
     assert low["answer_key_below_margin"] == 0 and high["answer_key_below_margin"] == 6
     assert high["open_below_margin"] == opened and 0 <= low["answer_key_mnac"] <= 10
     assert low["run_mnac"] == 0.5
+
+
+def test_adaptive_refuses_options_off_their_range(problem):
+    x = _images(1)
+    for opts, says in (({"scale": -1.0}, "scale must be above 0, got -1.0"),
+                       ({"region_threshold": 2.0}, r"region_threshold must be in \(0, 1\]"),
+                       ({"scale_grow": 0.5}, "scale_grow must be at least 1"),
+                       ({"levels": (1500,)}, "t_start .* must be in 0..999")):
+        with pytest.raises(ValueError, match=says):
+            get_sampler("adaptive")(problem, x, torch.ones(1), **opts)

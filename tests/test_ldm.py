@@ -103,3 +103,12 @@ def test_exact_compvis_architecture_step_and_decode_at_256():
         z, x0, _ = diffusion.ddim_step(ldm, z, diffusion.schedule(780, 100), 78)
         img = diffusion.decode(ldm, x0)
     assert img.shape == (1, 3, 256, 256) and torch.isfinite(img).all()
+
+
+def test_schedule_refuses_noise_levels_and_grids_off_the_range():
+    from dvce.diffusion import schedule
+    assert schedule(300, 10) == [0, 100, 200, 300]
+    for t, n, says in ((1500, 10, "t_start"), (-100, 10, "t_start"), (300, 0, "num_steps"),
+                       (350, 10, "not on the 10-step grid")):
+        with pytest.raises(ValueError, match=says):
+            schedule(t, n)

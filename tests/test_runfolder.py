@@ -114,3 +114,69 @@ def test_natural_order_and_tokens(tmp_path):
     assert [it.image_id for it in runfolder.list_items(tmp_path)] == ["900", "27300", "folder_IMG_27931"]
     assert runfolder.find_item(tmp_path, "27931").folder.name == "folder_IMG_27931"
     assert runfolder.find_folder(tmp_path, "123") is None
+
+
+def test_a_resumed_run_must_be_made_the_same_way(tmp_path, monkeypatch):
+    """Resuming into a folder made with another classifier, attribute or options is refused
+    (naming what differs); an unchanged resume goes on, and the earlier summary is gone until
+    the run finishes, so a run stopped midway never looks finished."""
+    ldm = build_random_ldm(toy_vq_config(64), toy_unet_config(16), seed=1)
+    problem = Problem(ldm, BrightnessClassifier(), 31)
+    x = _images(2)
+    items = [runner.Item(f"img{k}", (lambda k=k: x[k]), {"index": k}) for k in range(2)]
+    opts = {"num_steps": 4, "t_start": 500, "retry_scales": ()}
+    made = {"classifier": "a.ckpt", "attribute": "Smiling"}
+    runner.run(items[:1], problem, tmp_path, method="guided", target=1, progress=False,
+               options=opts, settings=made)
+    assert (tmp_path / runfolder.SUMMARY).exists()
+    with pytest.raises(ValueError, match=r"classifier=a.ckpt .*asks for classifier=b.ckpt"):
+        runner.run(items, problem, tmp_path, method="guided", target=1, progress=False,
+                   options=opts, settings={**made, "classifier": "b.ckpt"})
+    with pytest.raises(ValueError, match=r"options=.*'t_start': 500.*'t_start': 300"):
+        runner.run(items, problem, tmp_path, method="guided", target=1, progress=False,
+                   options={**opts, "t_start": 300}, settings=made)
+    with pytest.raises(ValueError, match="'img0' occur more than once"):
+        runner.run(items + items[:1], problem, tmp_path, method="guided", progress=False,
+                   options=opts, settings=made)
+
+    calls = []
+
+    def stop(*a, **k):  # the resumed run is killed in its first batch
+        calls.append(1)
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(runner, "generate_batch", stop)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(items, problem, tmp_path, method="guided", target=1, progress=False,
+                       options=opts, settings=made)
+    assert calls and not (tmp_path / runfolder.SUMMARY).exists()
+    assert runfolder.run_state(tmp_path) == {"finished": False, "broken": []}
+    summary = runner.run(items, problem, tmp_path, method="guided", target=1, progress=False,
+                         options=opts, settings=made)
+    assert summary["n_generated"] == 2 and runfolder.run_state(tmp_path)["finished"]
+    (tmp_path / "img1" / runfolder.RESULT).write_text('{"truncated": ')
+    assert runfolder.run_state(tmp_path)["broken"] == ["img1"]
+
+
+def test_evaluate_says_when_a_run_is_incomplete_or_an_item_unreadable(run_dir, tmp_path, capsys,
+                                                                     toy_unseen):
+    import shutil
+    from ldvce.cli import main
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / runfolder.SUMMARY).unlink()
+    (run / "img2" / runfolder.RESULT).write_text('{"cut')
+    main(["evaluate", str(run)])
+    out = capsys.readouterr().out
+    m = json.loads((run / runfolder.METRICS).read_text())
+    assert m["n"] == 2 and m["run"] == {"finished": False, "broken": ["img2"]}
+    assert "no summary.json: the run stopped before its end" in out
+    assert "left out: img2" in out
+    for k in (0, 1):  # made from files, not from the masks' dataset rows
+        r = json.loads((run / f"img{k}" / runfolder.RESULT).read_text())
+        r["source"] = {"path": f"faces/img{k}.png"}
+        (run / f"img{k}" / runfolder.RESULT).write_text(json.dumps(r))
+    with pytest.raises(SystemExit, match="masks .* do not belong to this run's images"):
+        main(["evaluate", str(run), "--masks", str(toy_unseen)])
+    with pytest.raises(SystemExit, match="no finished counterfactuals"):
+        main(["evaluate", str(tmp_path / "nothing")])

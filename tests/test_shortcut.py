@@ -53,6 +53,9 @@ def test_the_editor_must_not_be_the_explained_classifier(tmp_path):
         main(["shortcut", "--classifier", "toy_biased_hat", "--editor", "toy_resnet", "--cue",
               "Wearing_Hat", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
               "--options", "{t_start: 800"])
+    with pytest.raises(SystemExit, match="cue must be another attribute than the target"):
+        main(["shortcut", "--classifier", "toy_biased_hat", "--editor", "toy_resnet", "--cue",
+              "smiling", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     # another method's option (adaptive has levels, not t_start): named before any model loads
     with pytest.raises(SystemExit, match="no option 't_start'.*levels"):
         main(["shortcut", "--classifier", "toy_biased_hat", "--editor", "toy_resnet", "--cue",

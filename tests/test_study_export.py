@@ -203,3 +203,33 @@ def test_missing_and_empty_export(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ExportError, match="empty"):
         read_export(tmp_path / "empty.csv")
+
+
+def test_not_a_study_export_and_vertices_off_the_canvas(tmp_path):
+    """A CSV without study columns (another file, or ';'-separated) is refused; a vertex outside
+    the display canvas is reported and left out, the rest of the polygon kept."""
+    (tmp_path / "other.csv").write_text("id;name;Smiling\n1;a;0\n")
+    with pytest.raises(ExportError, match="no selection or annotation column"):
+        read_export(tmp_path / "other.csv")
+    buf = io.StringIO()
+    square = Polygon(((10, 10), (90, 10), (90, 90), (10, 90)))
+    write_export(buf, {"1": {"a": 1}}, {"1": {"a": [square]}}, ["a"])
+    rows = list(csv.reader(io.StringIO(buf.getvalue())))
+    x_col = rows[0].index(next(h for h in rows[0] if h.endswith("/points/0/x")))
+    rows[1][x_col] = "1e9"
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    ex = read_export(io.StringIO(out.getvalue()))
+    assert [i.reason for i in ex.issues] == [
+        "vertex 0 lies outside the 512×512 display canvas; vertex skipped"]
+    assert ex.polygons["1"]["a"][0].points == ((90, 10), (90, 90), (10, 90))
+
+
+def test_evaluating_an_export_without_participants_is_refused(tmp_path):
+    from study.evaluate import evaluate_study
+    buf = io.StringIO()
+    write_export(buf, {"1": {"a": 1}}, {}, ["a"])
+    (tmp_path / "header.csv").write_text(buf.getvalue().splitlines()[0] + "\n")
+    with pytest.raises(ExportError, match="no participant rows"):
+        evaluate_study(tmp_path / "header.csv", out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

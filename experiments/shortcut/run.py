@@ -53,6 +53,10 @@ def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str
     check_options(method, dict(options or {}))
     cue, target = attribute_name(cue), attribute_name(target)
     control = attribute_name(control) if control else None
+    for role, attr in (("cue", cue), ("control", control)):
+        if attr == target:
+            raise ValueError(f"the {role} must be another attribute than the target {target}: "
+                             "editing the target itself measures nothing about a shortcut")
     if str(classifier) == str(editor):
         raise ValueError("the editor must be another classifier than the one explained (its "
                          "own gradient would edit whatever it reads, not the cue)")

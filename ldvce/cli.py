@@ -1000,6 +1000,11 @@ def build_parser(argv: list[str] | tuple[str, ...] = ()):
     return _build(CLI, "ldvce", DESCRIPTION, EPILOG, selected=selected_path(CLI, list(argv)))
 
 
+#: Errors that describe bad input (a missing file, an unknown name, a malformed value): the CLI
+#: prints their message as one line instead of a traceback; ``LDVCE_TRACEBACK=1`` shows it.
+INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, KeyError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     path = selected_path(CLI, argv)
@@ -1008,7 +1013,16 @@ def main(argv: list[str] | None = None) -> int:
         command.function(argv[argv.index(path[-1]) + 1:])
         return 0
     command, kwargs = parse(CLI, build_parser(argv), argv)
-    command.function(**kwargs)
+    try:
+        command.function(**kwargs)
+    except Exception as e:
+        ldm = sys.modules.get("dvce.ldm")  # not imported by every command (study: no torch)
+        known = INPUT_ERRORS + ((ldm.LDMNotAvailableError,) if ldm else ())
+        if not isinstance(e, known) or os.environ.get("LDVCE_TRACEBACK"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise SystemExit(f"ldvce {' '.join(path)}: {message}\n"
+                         "(LDVCE_TRACEBACK=1 shows where it was raised)") from e
     return 0
 
 

@@ -148,3 +148,13 @@ def test_converted_inputs_are_listed(tmp_path):
     (tmp_path / "text.png").write_text("not an image")
     paths = [str(tmp_path / n) for n in ("ok.png", "wide.png", "gray.png", "text.png")]
     assert _converted_inputs(paths, 64) == ["wide.png 100×37 RGB", "gray.png 64×64 L"]
+
+
+def test_input_errors_are_one_line_unless_a_traceback_is_asked_for(tmp_path, monkeypatch):
+    from ldvce.cli import main
+    args = ["explain", str(tmp_path / "nothing"), "--classifier", "toy_resnet"]
+    with pytest.raises(SystemExit, match="^ldvce explain: image folder not found: .*nothing"):
+        main(args)
+    monkeypatch.setenv("LDVCE_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        main(args)

@@ -248,8 +248,10 @@ def resolve_layers(model: nn.Module, layers: str | Iterable[str]) -> list[str]:
                 out.append(cand)
                 break
         else:
-            raise KeyError(f"layer {w!r} not in the model; e.g. "
-                           f"{[n for n in names if n.count('.') <= 1 and n][:8]}")
+            convs = [n for n, m in names.items() if isinstance(m, (nn.Conv2d, nn.Sequential))
+                     and n.count(".") <= 1 and n]  # the layers CRP reads, not loss or metrics
+            raise KeyError(f"layer {w!r} not in the model; its layers include "
+                           f"{', '.join(convs[:10])}")
     return out
 
 

@@ -188,10 +188,17 @@ def data_build_lmdb(images_dir: str, out: str, *, size: int = 256) -> None:
             kept.append(p.name)
             yield encode_png(np.asarray(img))
 
+    if not files:
+        raise SystemExit(f"ldvce data build-lmdb: no image files in {images_dir}")
     n = write_lmdb(out, gen(), size=size)
-    (Path(out) / "filenames.txt").write_text("\n".join(kept) + "\n")
     for s in skipped:
         print(f"skipped: {s}", file=sys.stderr)
+    if n == 0:
+        import shutil
+        shutil.rmtree(out, ignore_errors=True)
+        raise SystemExit(f"ldvce data build-lmdb: none of the {len(files)} files in {images_dir} "
+                         "is a readable image; nothing written")
+    (Path(out) / "filenames.txt").write_text("\n".join(kept) + "\n")
     print(f"wrote {n} images to {out} (keys {size}-00000…; order in filenames.txt)")
 
 

@@ -27,6 +27,8 @@ def make_dataset(out_dir: str | os.PathLike, n: int = 2000, seed: int = 0, size:
 
     ``meta.json`` is written last: its presence marks a complete dataset.
     """
+    if n < 1:
+        raise ValueError(f"a toyfaces dataset needs at least one face (n={n})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / META_NAME).unlink(missing_ok=True)

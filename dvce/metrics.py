@@ -155,6 +155,15 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
     counterfactual of that rank) and ``diversity`` (:func:`diversity`).
     """
     items = load_run(run_dir)
+    state = runfolder.run_state(run_dir)
+    lost = [it.image_id for it in items if not it.original.is_file()
+            or not all(c.counterfactual.is_file() for c in it.counterfactuals)]
+    if lost:  # a result.json whose images are gone: reported with the unreadable ones
+        items = [it for it in items if it.image_id not in set(lost)]
+        state["broken"] = sorted(state["broken"] + lost, key=runfolder.natural_key)
+        if not items:
+            raise FileNotFoundError(f"no item of {run_dir} has its original.png and "
+                                    "counterfactual.png")
     attribute = attribute or items[0].result.get("attribute", "Smiling")
     t_idx = attribute_index(attribute)
     xs = torch.stack([load_image(it.original, _size(it)) for it in items])
@@ -168,7 +177,7 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
     metrics = _means(per)
     metrics["n"] = len(items)
     metrics["attribute"] = attribute
-    metrics["run"] = runfolder.run_state(run_dir)
+    metrics["run"] = state
     metrics["per_image"] = {it.image_id: {k: float(v[i]) for k, v in per.items()}
                             for i, it in enumerate(items)}
     from dvce.runner import info_distributions

@@ -625,7 +625,7 @@ def evaluate(run: str | None = None, *, oracle: str | None = None, masks: str | 
               f"running); these metrics cover the {m['n']} images finished so far")
     if state["broken"]:
         print(f"warning: {len(state['broken'])} item folder(s) without a readable result.json "
-              f"were left out: {', '.join(state['broken'][:10])}")
+              f"or without their images were left out: {', '.join(state['broken'][:10])}")
     print(f"wrote {path}")
     return m
 

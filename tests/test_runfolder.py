@@ -172,7 +172,11 @@ def test_evaluate_says_when_a_run_is_incomplete_or_an_item_unreadable(run_dir, t
     assert m["n"] == 2 and m["run"] == {"finished": False, "broken": ["img2"]}
     assert "no summary.json: the run stopped before its end" in out
     assert "left out: img2" in out
-    for k in (0, 1):  # made from files, not from the masks' dataset rows
+    (run / "img1" / "counterfactual.png").unlink()  # its result.json still says finished
+    main(["evaluate", str(run)])
+    m = json.loads((run / runfolder.METRICS).read_text())
+    assert m["n"] == 1 and m["run"]["broken"] == ["img1", "img2"]
+    for k in (0,):  # made from files, not from the masks' dataset rows
         r = json.loads((run / f"img{k}" / runfolder.RESULT).read_text())
         r["source"] = {"path": f"faces/img{k}.png"}
         (run / f"img{k}" / runfolder.RESULT).write_text(json.dumps(r))

@@ -45,7 +45,7 @@ from fileio import atomic_write_text, write_json
 from . import hrh as hrh_mod
 from . import metrics as M
 from . import selection as S
-from .export import ANALYSIS_SIZE, DISPLAY_SIZE, ExportError, StudyExport, read_export
+from .export import ANALYSIS_SIZE, DISPLAY_SIZE, ExportError, ParseIssue, StudyExport, read_export
 from .figures import draw_figures
 from .report import render_report
 
@@ -370,6 +370,13 @@ def compute_study(
         ``issues`` and ``n_issues``.
     """
     rule_name = outlier_rule if isinstance(outlier_rule, str) else getattr(outlier_rule, "__name__", "custom")
+    run_dirs = {img: find_run_dir(runs_dir, img, run_layout) for img in ex.images}
+    for img in ex.selection_images:  # a further counterfactual "<id>.cf<r>" lives in <id>'s folder
+        base, rank = runfolder.split_rank_id(img)
+        if run_dirs.get(img) is None and rank > 1:
+            run_dirs[img] = find_run_dir(runs_dir, base, run_layout)
+    if not condition_runs:  # with conditions each one showed its own run, of its own length
+        ex = _without_choices_beyond_the_run(ex, run_dirs)
     outliers = S.find_outliers(ex, outlier_rule)
     included = [p for p in ex.participant_ids if p not in set(outliers)]
     summary: dict = {
@@ -393,11 +400,6 @@ def compute_study(
         "n_issues": len(ex.issues),
         "figures": {},
     }
-    run_dirs = {img: find_run_dir(runs_dir, img, run_layout) for img in ex.images}
-    for img in ex.selection_images:  # a further counterfactual "<id>.cf<r>" lives in <id>'s folder
-        base, rank = runfolder.split_rank_id(img)
-        if run_dirs.get(img) is None and rank > 1:
-            run_dirs[img] = find_run_dir(runs_dir, base, run_layout)
     summary["selection"], selection_plots = _selection_task(ex, run_dirs, included)
 
     hrh_people = included if exclude_outliers_from_hrh else None
@@ -513,6 +515,24 @@ def write_outputs(ev: Evaluation, out: Path) -> dict:
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", page)
     return summary
+
+
+def _without_choices_beyond_the_run(ex: StudyExport, run_dirs: dict) -> StudyExport:
+    """``ex`` without the selections of a frame its run does not have (the app shows the run's
+    frames, so such a value is corrupt), each reported as a parse issue; unchanged without runs.
+    For a study with one run per image (not per condition)."""
+    rows = {p.id: p.row for p in ex.participants}
+    selections, issues = dict(ex.selections), list(ex.issues)
+    for img, table in ex.selections.items():
+        item = _shown_item(run_dirs.get(img), img)
+        n = len(item.frame_paths()) if item is not None else 0
+        beyond = {p: c for p, c in table.items() if n and c >= n}
+        if beyond:
+            selections[img] = {p: c for p, c in table.items() if p not in beyond}
+            issues += [ParseIssue(rows.get(p, 0), f"{img}/selection", str(c),
+                                  f"selection beyond the run's last frame ({n} frames, 0..{n - 1}); "
+                                  "skipped") for p, c in beyond.items()]
+    return replace(ex, selections=selections, issues=issues) if len(issues) > len(ex.issues) else ex
 
 
 def _shown_item(folder, image_id: str) -> runfolder.RunItem | None:

@@ -1,5 +1,6 @@
 """study/evalstudy.py end to end: on a generated export with heatmaps and runs, and on the real one."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -123,3 +124,23 @@ def test_end_to_end_real(tmp_path):
     assert len(list((out / "figures" / "hrh").glob("*_annot.png"))) == 17
     assert 0 < s["human_ceiling"]["mean"]["mass_accuracy"]["mean"] < 1
     assert s["n_issues"] == 7
+
+
+def test_a_selection_beyond_the_runs_frames_is_reported_and_left_out(generated, tmp_path):
+    """The app shows a run's frames, so a choice of frame 999 on a 5-frame run is corrupt: it is
+    a parse issue naming the row and left out of the counts, the means and the outlier rule."""
+    rows = list(csv.reader(generated["export"].open()))
+    col = next(j for j, h in enumerate(rows[0]) if h.endswith("/selection") and "100" in h)
+    rows[1][col] = "999"
+    bad = tmp_path / "bad.csv"
+    with bad.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    out = tmp_path / "out"
+    assert main(["--export", str(bad), "--out", str(out), "--runs", str(generated["runs"]),
+                 "--bootstrap", "0"]) == 0
+    s = json.loads((out / "study_summary.json").read_text())
+    issue = next(i for i in s["issues"] if i["value"] == "999")
+    assert issue["row"] == 2 and "beyond the run's last frame (5 frames, 0..4)" in issue["reason"]
+    assert list(s["selection"]["100"]["counts"]) == [str(k) for k in range(-1, 5)]
+    assert s["selection"]["100"]["n"] == len(generated["sel"]["100"]) - 1
+    assert max(s["participant_means"].values()) <= 4

@@ -159,7 +159,7 @@ def evaluate_run(run_dir, oracle=None, masks: dict | None = None, attribute: str
     lost = [it.image_id for it in items if not it.original.is_file()
             or not all(c.counterfactual.is_file() for c in it.counterfactuals)]
     if lost:  # a result.json whose images are gone: reported with the unreadable ones
-        items = [it for it in items if it.image_id not in set(lost)]
+        items = [it for it in items if it.image_id not in lost]
         state["broken"] = sorted(state["broken"] + lost, key=runfolder.natural_key)
         if not items:
             raise FileNotFoundError(f"no item of {run_dir} has its original.png and "

@@ -717,9 +717,9 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
        (``check_views``), and the flip survives re-noising (``check_renoise``: the
        counterfactual inverted to ``renoise_t`` and denoised back, original pixels outside the
        region). Otherwise the next attempt runs; the last attempt is kept when it flipped at all
-       (robust or not), else the first attempt that flipped (as :func:`guided` does below
-       its margin). With ``prune``, parts
-       of the region an accepted flip does not need are then put back to the original.
+       (robust or not), else the first attempt that flipped (as :func:`guided` does below its
+       margin). With ``prune``, parts of the region an accepted flip does not need are then put
+       back to the original.
 
     Measured (docs/results_adaptive.md): on 48 faces of each of two unseen toy seeds it flips
     every face of the toy ResNet, the plain toy ResNet18 and the toy MLP, most in the first
@@ -832,10 +832,9 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
                   l1_weight=(l1_weight, l1_weight >= 0, "at least 0"),
                   preserve=(preserve, preserve >= 0, "at least 0"),
                   preserve_levels=(preserve_levels, preserve_levels >= 0, "at least 0"),
-                  prune_grid=(prune_grid, prune_grid >= 0, "at least 0"))
+                  prune_grid=(prune_grid, prune_grid >= 0, "at least 0"),
+                  views=(views, 1 <= views <= len(VIEWS), f"in 1..{len(VIEWS)}"))
     state = SampleState(problem, x, target, callback, keep_out)
-    if not 1 <= views <= len(VIEWS):
-        raise ValueError(f"views must be in 1..{len(VIEWS)}, got {views}")
     levels = tuple(sorted(levels))
     if not levels:
         raise ValueError("levels must name at least one noise level")
@@ -852,6 +851,9 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
             state, pre_t, pre_steps, pre_scale, pre_views, l1_weight, evidence_from,
             resolve_grad_decoder(problem.ldm, pre_grad_decoder))
     kept = _AttemptLog.empty(len(state.x), state.x.shape[-2:])
+    # what the robustness checks (and pruning, which keeps them passing) use
+    checked_views = views if check_views else 1
+    checked_renoise = renoise_t if check_renoise else 0
     iters = 0
     for k, t_start in enumerate(levels):
         todo = state.todo()
@@ -870,12 +872,10 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
                         attempt_decoder, preserve if k < preserve_levels else 0.0)
         out = _guided_pass(state, todo, z_T, traj, ts, opts, region=m)
         iters += len(ts)
-        accept = _robust(state, todo, out, margin, views if check_views else 1,
-                         renoise_t if check_renoise else 0, num_steps)
+        accept = _robust(state, todo, out, margin, checked_views, checked_renoise, num_steps)
         if prune and m is not None and bool(accept.any()):
-            out = _prune(state, todo, out, m, evidence[todo], accept, margin,
-                         views if check_views else 1,
-                         renoise_t if check_renoise else 0, num_steps, 2 + len(ts), prune_grid)
+            out = _prune(state, todo, out, m, evidence[todo], accept, margin, checked_views,
+                         checked_renoise, num_steps, 2 + len(ts), prune_grid)
         kept.record(todo.cpu(), k, t_start, out, accept, _toward(out.logit, state.target[todo]))
         state.settle(todo, out.img, out.logit, iters, last=k == len(levels) - 1, accept=accept)
     kept.fall_back_to_first_flips()

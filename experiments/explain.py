@@ -255,8 +255,8 @@ def run_explain(run, classifier, *, attribute: str = "Smiling",
     :func:`explain_run`'s (``hrh`` = ``hrh_dir``, ``out`` = ``out_dir``). Returns its summary.
     """
     if hrh and not Path(hrh).is_dir():
-        raise SystemExit(f"ldvce explain: --hrh folder not found: {hrh} (expected human relevance "
-                         "heatmaps <image_id>.npy, e.g. from ldvce study eval)")
+        raise FileNotFoundError(f"--hrh folder not found: {hrh} (expected human relevance "
+                                "heatmaps <image_id>.npy, e.g. from ldvce study eval)")
     model = _model(classifier, device)
     summary = explain_run(run, model, composites, attribute=attribute, start=start, hrh_dir=hrh,
                           out_dir=out, size=size)

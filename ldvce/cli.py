@@ -358,13 +358,10 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     # with --devices each process moves its own copy from the CPU
     problem = _problem(ldm, classifier, attribute, _device("cpu" if several else device), dtype)
     size = problem.ldm.image_size
-    try:
-        if images:
-            items = runner.folder_items(images, size)
-        else:
-            items = runner.lmdb_items(lmdb, attr_file or _sibling_attr_file(lmdb), indices, size)
-    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
-        raise SystemExit(f"ldvce generate: {e.args[0] if isinstance(e, KeyError) else e}")
+    if images:
+        items = runner.folder_items(images, size)
+    else:
+        items = runner.lmdb_items(lmdb, attr_file or _sibling_attr_file(lmdb), indices, size)
     settings = {"attribute": attribute_name(attribute), "ldm": str(ldm),
                 "classifier": str(classifier), "dtype": dtype}
     if several:
@@ -396,17 +393,15 @@ def _problem(ldm: str, classifier: str, attribute: str, device, dtype: str = "fp
     from classifier.attributes import attribute_index
     from classifier.models import load_classifier
     from classifier.registry import resolve_classifier
-    from dvce.ldm import LDMNotAvailableError, load_ldm, torch_dtype
+    from dvce.ldm import load_ldm, torch_dtype
     from dvce.samplers import Problem
     precision = torch_dtype(dtype)
-    try:  # the cheap checks first: nothing loads before a misspelt attribute or path is named
-        index = attribute_index(attribute)
-        ckpt = resolve_classifier(classifier)
-        clf = load_classifier(ckpt, map_location=device).requires_grad_(False).to(precision)
-        model = load_ldm(ldm, device=device, dtype=precision)
-    except (FileNotFoundError, KeyError, ValueError, OSError, LDMNotAvailableError) as e:
-        raise SystemExit(f"ldvce generate: {e.args[0] if isinstance(e, KeyError) else e}")
-    return Problem(model, clf, index)
+    # the cheap checks first: nothing loads before a misspelt attribute or path is named (main()
+    # reports the errors)
+    index = attribute_index(attribute)
+    clf = load_classifier(resolve_classifier(classifier), map_location=device)
+    model = load_ldm(ldm, device=device, dtype=precision)
+    return Problem(model, clf.requires_grad_(False).to(precision), index)
 
 
 def _converted_inputs(paths: list[str], size: int | None) -> list[str]:
@@ -605,18 +600,15 @@ def evaluate(run: str | None = None, *, oracle: str | None = None, masks: str | 
     from classifier.models import load_classifier
     from dvce.metrics import evaluate_run, format_table, write_metrics
     from classifier.registry import resolve_classifier
-    try:
-        model = load_classifier(resolve_classifier(oracle)).requires_grad_(False) if oracle else None
-        region, oracle_attrs = None, None
-        if masks:
-            import toyfaces
-            from classifier.attributes import attribute_index
-            region = toyfaces.load_masks(masks)
-            oracle_attrs = [attribute_index(a) for a in toyfaces.MODELLED]
-        m = evaluate_run(run, oracle=model, masks=region, attribute=attribute,
-                         oracle_attributes=oracle_attrs)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        raise SystemExit(f"ldvce evaluate: {e.args[0] if isinstance(e, KeyError) else e}")
+    model = load_classifier(resolve_classifier(oracle)).requires_grad_(False) if oracle else None
+    region, oracle_attrs = None, None
+    if masks:
+        import toyfaces
+        from classifier.attributes import attribute_index
+        region = toyfaces.load_masks(masks)
+        oracle_attrs = [attribute_index(a) for a in toyfaces.MODELLED]
+    m = evaluate_run(run, oracle=model, masks=region, attribute=attribute,
+                     oracle_attributes=oracle_attrs)
     path = write_metrics(run, m)
     print(format_table(m))
     state = m["run"]

@@ -1,6 +1,5 @@
 """The shortcut test (experiments/shortcut, ``ldvce shortcut``): the shift statistic and the
 face selection on hand-built cases, the command line, and (integration) the toy world's answer."""
-import json
 
 import numpy as np
 import pytest
@@ -46,18 +45,16 @@ def test_pick_faces_splits_by_the_editors_decision(monkeypatch):
 
 def test_the_editor_must_not_be_the_explained_classifier(tmp_path):
     from ldvce.cli import main
+
+    def shortcut(*extra, classifier="toy_biased_hat", cue="Wearing_Hat"):
+        main(["shortcut", "--classifier", classifier, "--editor", "toy_resnet", "--cue", cue,
+              "--data", str(tmp_path), "--out", str(tmp_path / "o"), *extra])
     with pytest.raises(SystemExit, match="editor must be another classifier"):
-        main(["shortcut", "--classifier", "toy_resnet", "--editor", "toy_resnet", "--cue",
-              "Wearing_Hat", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+        shortcut(classifier="toy_resnet")
     with pytest.raises(SystemExit, match="--options is not JSON"):
-        main(["shortcut", "--classifier", "toy_biased_hat", "--editor", "toy_resnet", "--cue",
-              "Wearing_Hat", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-              "--options", "{t_start: 800"])
+        shortcut("--options", "{t_start: 800")
     with pytest.raises(SystemExit, match="cue must be another attribute than the target"):
-        main(["shortcut", "--classifier", "toy_biased_hat", "--editor", "toy_resnet", "--cue",
-              "smiling", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+        shortcut(cue="smiling")
     # another method's option (adaptive has levels, not t_start): named before any model loads
     with pytest.raises(SystemExit, match="no option 't_start'.*levels"):
-        main(["shortcut", "--classifier", "toy_biased_hat", "--editor", "toy_resnet", "--cue",
-              "Wearing_Hat", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-              "--method", "adaptive", "--options", '{"t_start": 800}'])
+        shortcut("--method", "adaptive", "--options", '{"t_start": 800}')

@@ -8,7 +8,7 @@ from typing import Callable
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from classifier.dataset import CelebHQAttrDataset, dataset_files
+from classifier.dataset import CelebHQAttrDataset, collate_readable, dataset_files
 
 
 def import_callable(dotted: str) -> Callable:
@@ -38,6 +38,10 @@ class CelebHQDataModule(pl.LightningDataModule):
         folder; called when ``data_path`` does not exist yet, instead of failing (the toy configs
         name ``toyfaces.make_dataset``, which renders the toy world).
     make_n, make_seed : how many images ``make_with`` renders, and its seed.
+
+    A record that is missing or not a readable image is left out of its batch and named once
+    on stderr (:func:`classifier.dataset.collate_readable`), so one bad record does not stop a
+    long training run.
     """
 
     def __init__(self, data_path: str, attr_path: str | None = None, image_size: int = 256,
@@ -68,13 +72,14 @@ class CelebHQDataModule(pl.LightningDataModule):
     def setup(self, stage=None):
         lmdb_path, attr_path = self._paths()
         mk = lambda split: CelebHQAttrDataset(lmdb_path, attr_path, split=split,  # noqa: E731
-                                              image_size=self.image_size)
+                                              image_size=self.image_size,
+                                              skip_unreadable=True)
         self.train_set, self.val_set, self.test_set = mk("train"), mk("val"), mk("test")
 
     def _loader(self, ds, shuffle):
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          drop_last=False)
+                          drop_last=False, collate_fn=collate_readable)
 
     def train_dataloader(self):
         return self._loader(self.train_set, True)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from classifier.attributes import ATTRIBUTES, attribute_index, attribute_name
-from classifier.images import decode_image, pil_to_tensor
+from classifier.images import UnreadableImageError, decode_image, pil_to_tensor
 from classifier.lmdb_store import image_key, lmdb_info, open_lmdb
 from fileio import atomic_write_text
 
@@ -108,6 +108,10 @@ class CelebHQAttrDataset(Dataset):
     image_size : resize/crop to this size (default: the LMDB's own size).
     augment : random horizontal flips; the default turns them on for the train split only.
     indices : explicit rows instead of ``split``.
+    skip_unreadable : a record that is missing or not a readable image becomes
+        ``{"unreadable": row, "reason": ...}`` instead of raising, so that one bad record of a
+        30000-image LMDB does not stop a pass over the rest; batch such samples with
+        :func:`collate_readable`, which leaves them out and names them.
 
     Each sample is a dict ``{"img": (3, S, S) float in [-1, 1], "labels": (40,) float 0/1,
     "index": row}``. The LMDB is opened lazily in each process, so the dataset is safe to use with
@@ -115,7 +119,7 @@ class CelebHQAttrDataset(Dataset):
     """
 
     def __init__(self, lmdb_path, attr_path, split="all", image_size: int | None = None,
-                 augment: bool | None = None, indices=None):
+                 augment: bool | None = None, indices=None, skip_unreadable: bool = False):
         self.lmdb_path = str(lmdb_path)
         self.attr_path = str(attr_path)
         self.length, self.key_size = lmdb_info(lmdb_path)
@@ -129,6 +133,7 @@ class CelebHQAttrDataset(Dataset):
         self.split = split
         self.image_size = image_size or self.key_size
         self.augment = (split == "train") if augment is None else augment
+        self.skip_unreadable = skip_unreadable
 
     @staticmethod
     def attribute_index(name: str | int) -> int:
@@ -141,21 +146,54 @@ class CelebHQAttrDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _txn_get(self, key: bytes) -> bytes:
+    def read_record(self, row: int) -> bytes:
+        """The encoded image bytes of attribute-file row ``row``; a missing record is a KeyError
+        naming the LMDB, the row and the key."""
+        key = image_key(self.key_size, row)
         with open_lmdb(self.lmdb_path).begin(write=False) as txn:  # per-process handle
             data = txn.get(key)
         if data is None:
-            raise KeyError(f"{self.lmdb_path}: missing key {key.decode()}")
+            raise KeyError(f"{self.lmdb_path}[{row}]: no record (key {key.decode()} is missing)")
         return data
 
     def read_image(self, row: int) -> torch.Tensor:
         """The image of attribute-file row ``row`` as a [-1, 1] tensor (no augmentation)."""
-        data = self._txn_get(image_key(self.key_size, row))
-        return pil_to_tensor(decode_image(data, self.image_size, source=f"{self.lmdb_path}[{row}]"))
+        return pil_to_tensor(decode_image(self.read_record(row), self.image_size,
+                                          source=f"{self.lmdb_path}[{row}]"))
 
     def __getitem__(self, i: int) -> dict:
         row = self.indices[i]
-        img = self.read_image(row)
+        try:
+            img = self.read_image(row)
+        except (UnreadableImageError, KeyError) as e:
+            if not self.skip_unreadable:
+                raise
+            return {"unreadable": row, "reason": str(e).strip("'\"")}
         if self.augment and torch.rand(()) < 0.5:
             img = img.flip(-1)
         return {"img": img, "labels": self.labels[row], "index": row}
+
+
+def collate_readable(samples: list[dict]) -> dict:
+    """Batch the readable samples of a :class:`CelebHQAttrDataset` with ``skip_unreadable``; the
+    others are left out and listed as ``batch["unreadable"]``: ``[(row, reason), ...]``. A batch
+    of unreadable records only has zero-length ``img``/``labels``/``index`` (consumers skip it)."""
+    good = [s for s in samples if "unreadable" not in s]
+    bad = [(int(s["unreadable"]), s["reason"]) for s in samples if "unreadable" in s]
+    if good:
+        batch = default_collate(good)
+    else:
+        batch = {"img": torch.zeros(0), "labels": torch.zeros(0, len(ATTRIBUTES)),
+                 "index": torch.zeros(0, dtype=torch.long)}
+    batch["unreadable"] = bad
+    return batch
+
+
+def report_unreadable(unreadable: list[tuple[int, str]], what: str, shown: int = 5) -> str:
+    """One warning naming the unreadable records a pass left out (the first ``shown`` reasons)."""
+    rows = sorted(set(unreadable))
+    lines = [f"warning: {what} left out {len(rows)} unreadable record(s):"]
+    lines += [f"  {reason}" for _, reason in rows[:shown]]
+    if len(rows) > shown:
+        lines.append(f"  ... and {len(rows) - shown} more")
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -33,6 +34,7 @@ class AttributeClassifier(pl.LightningModule):
         self.num_classes = num_classes
         self.highlight = highlight
         self.loss_fn = nn.BCEWithLogitsLoss()
+        self.unreadable_records: dict[int, str] = {}  # row -> reason, filled by _readable
         self._metrics = nn.ModuleDict({
             stage: nn.ModuleDict({
                 "stats": MultilabelStatScores(num_labels=num_classes, average=None),
@@ -51,13 +53,27 @@ class AttributeClassifier(pl.LightningModule):
                     "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)}
         return opt
 
+    def _readable(self, batch) -> bool:
+        """Warn once per unreadable record the loader left out of ``batch`` (see
+        :func:`classifier.dataset.collate_readable`); False when nothing readable is left."""
+        seen = self.unreadable_records
+        for row, reason in batch.get("unreadable", []):
+            if row not in seen:
+                seen[row] = reason
+                print(f"warning: left out an unreadable record: {reason}", file=sys.stderr)
+        return len(batch["img"]) > 0
+
     def training_step(self, batch, batch_idx):
+        if not self._readable(batch):
+            return None  # Lightning skips the optimiser step
         logits = self(batch["img"])
         loss = self.loss_fn(logits, batch["labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
     def _eval_step(self, batch, stage):
+        if not self._readable(batch):
+            return
         logits = self(batch["img"])
         loss = self.loss_fn(logits, batch["labels"])
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(logits), sync_dist=True)

@@ -15,6 +15,7 @@ concepts with their reference images into ``OUT/global`` (cached under ``OUT/glo
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm import tqdm
 import toyfaces  # noqa: F401  (registers the toy classifier names)
 from classifier import CelebHQAttrDataset
 from classifier.attributes import attribute_index, attribute_name
-from classifier.dataset import ATTRIBUTE_FILE, dataset_files
+from classifier.dataset import ATTRIBUTE_FILE, dataset_files, report_unreadable
 from classifier.devices import resolve_device as _device
 from classifier.images import load_folder, load_image
 from classifier.models import load_classifier
@@ -366,6 +367,9 @@ def run_crp(mode: str, classifier, *, out, attribute: str = "Smiling", run=None,
     r = global_analysis(model, ds, attribute, layers, out, n=n, top=top)
     print(f"CRP global over {r['n']} images ({r['n_positive']} with {r['attribute']}) in "
           f"{time.time() - t0:.1f} s -> {r.get('figure')}")
+    if r["unreadable"]:
+        print(report_unreadable([(u["row"], u["reason"]) for u in r["unreadable"]],
+                                "the CRP global analysis"), file=sys.stderr)
     for layer, entries in r["layers"].items():
         print(f"  {layer}: " + ", ".join(f"#{e['channel']} ({e['mean_share']:+.3f})" for e in entries))
     return r

@@ -95,3 +95,59 @@ def test_lmdb_dataset_is_worker_safe(toy_unseen):
     dl = DataLoader(ds, batch_size=16, num_workers=2)
     batches = list(dl)
     assert sum(len(b["index"]) for b in batches) == len(ds)
+
+
+def _spoil_records(folder, rows: dict[int, bytes | None]) -> None:
+    """Overwrite (bytes) or delete (None) records of a toyfaces LMDB, as a disk error would."""
+    import lmdb
+    import toyfaces
+    from classifier.lmdb_store import close_lmdb, image_key, lmdb_info
+    path, _ = toyfaces.paths(folder)
+    _, size = lmdb_info(path)
+    close_lmdb(path)
+    env = lmdb.open(str(path), subdir=True)
+    with env.begin(write=True) as txn:
+        for row, data in rows.items():
+            txn.delete(image_key(size, row)) if data is None else txn.put(image_key(size, row), data)
+    env.close()
+
+
+def test_unreadable_lmdb_records_are_left_out_and_named(tmp_path, toy_resnet_ckpt, capsys):
+    """One bad record of a large LMDB must not stop a pass over the rest: `classifier evaluate`,
+    training and CRP's global analysis leave it out, name it, and use every other record."""
+    import pytorch_lightning as pl
+    import toyfaces
+    from classifier.datamodule import CelebHQDataModule
+    from classifier.dataset import collate_readable
+    from classifier.models import LinearClassifier, load_classifier
+    from xai.crp import global_analysis
+    folder = toyfaces.make_dataset(tmp_path / "toy", n=40, seed=5, progress=False)
+    _spoil_records(folder, {3: b"\x89PNG\r\n\x1a\nnot a png", 37: None})
+
+    main(["classifier", "evaluate", str(toy_resnet_ckpt), "--data", str(folder), "--split", "all",
+          "--device", "cpu"])
+    out = capsys.readouterr()
+    assert "<==" in out.out  # the table over the other 38 records
+    assert "left out 2 unreadable record(s)" in out.err
+    assert "[3]: not a readable image" in out.err and "[37]: no record (key 64-00037 is missing)" in out.err
+
+    ds = CelebHQAttrDataset(*toyfaces.paths(folder), split="all", skip_unreadable=True)
+    batch = collate_readable([ds[3], ds[4], ds[37]])
+    assert batch["index"].tolist() == [4] and [r for r, _ in batch["unreadable"]] == [3, 37]
+    empty = collate_readable([ds[3]])
+    assert empty["img"].numel() == 0 and len(empty["unreadable"]) == 1
+    with pytest.raises(ValueError, match=r"\[3\]: not a readable image"):
+        CelebHQAttrDataset(*toyfaces.paths(folder), split="all")[3]  # the default still raises
+
+    # training: rows 3 (train split) and 37 (test split) are left out of their batches
+    dm = CelebHQDataModule(str(folder), image_size=64, batch_size=8)
+    model = LinearClassifier(input_dim=[3, 64, 64], hidden=16)
+    pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False).fit(model, dm)
+    assert set(model.unreadable_records) == {3}
+    assert capsys.readouterr().err.count("left out an unreadable record") == 1
+
+    r = global_analysis(load_classifier(toy_resnet_ckpt), ds, "Smiling", ["net.layer4"],
+                        tmp_path / "crp", n=8, top=1, n_refs=2, figure=False, progress=False)
+    assert r["n"] == 7 and [u["row"] for u in r["unreadable"]] == [3]
+    assert 3 not in r["layers"]["net.layer4"][0]["reference_rows"]

@@ -30,7 +30,6 @@ from tqdm import tqdm
 
 from classifier.dataset import CelebHQAttrDataset
 from classifier.images import decode_image
-from classifier.lmdb_store import image_key
 from dvce.ldm import COMPVIS_SCHEDULE
 from fileio import write_json
 from toyfaces.data import load_masks
@@ -63,7 +62,7 @@ def load_images_uint8(lmdb_path, attr_path, limit: int | None = None):
     rows = ds.indices[:limit] if limit else ds.indices
     out = torch.empty((len(rows), 3, ds.image_size, ds.image_size), dtype=torch.uint8)
     for i, row in enumerate(tqdm(rows, desc="loading images", unit="img")):
-        img = decode_image(ds._txn_get(image_key(ds.key_size, row)), ds.image_size)
+        img = decode_image(ds.read_record(row), ds.image_size, source=f"{lmdb_path}[{row}]")
         out[i] = torch.from_numpy(np.array(img)).permute(2, 0, 1)
     return out, list(rows)
 

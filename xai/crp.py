@@ -477,11 +477,30 @@ def local_figure(result: dict, image, path, title: str | None = None, dpi: int =
 # ========================================================================= global analysis
 class PairDataset(Dataset):
     """``(image, labels)`` pairs, as zennit-crp expects, from a dataset of dicts
-    (``CelebHQAttrDataset``: ``{"img", "labels", "index"}``), limited to the first ``n``."""
+    (``CelebHQAttrDataset``: ``{"img", "labels", "index"}``), limited to the first ``n``.
 
-    def __init__(self, base: Dataset, n: int | None = None):
+    With ``skip_unreadable``, each of those ``n`` records is read once up front and the ones that
+    are missing or not readable images are left out (``unreadable``: ``[(position, reason)]``),
+    so one bad record does not stop a relevance maximisation over the rest."""
+
+    def __init__(self, base: Dataset, n: int | None = None, skip_unreadable: bool = False):
         self.base = base
-        self.n = len(base) if n is None else min(int(n), len(base))
+        first = len(base) if n is None else min(int(n), len(base))
+        self.positions = list(range(first))
+        self.unreadable: list[tuple[int, str]] = []
+        if skip_unreadable:
+            from classifier.images import UnreadableImageError
+            for i in range(first):
+                try:
+                    s = self.base[i]
+                except (UnreadableImageError, KeyError) as e:
+                    self.unreadable.append((i, str(e).strip("'\"")))
+                    continue
+                if isinstance(s, dict) and "unreadable" in s:  # a base that skips them itself
+                    self.unreadable.append((i, s["reason"]))
+            bad = {i for i, _ in self.unreadable}
+            self.positions = [i for i in self.positions if i not in bad]
+        self.n = len(self.positions)
 
     def __len__(self):
         return self.n
@@ -490,14 +509,22 @@ class PairDataset(Dataset):
         i = int(i)
         if i >= self.n:
             raise IndexError(i)
-        s = self.base[i]
+        s = self.base[self.positions[i]]
         return (s["img"], s["labels"]) if isinstance(s, dict) else s
 
     def labels(self, i: int) -> torch.Tensor:
         b = self.base
         if hasattr(b, "labels") and hasattr(b, "indices"):  # CelebHQAttrDataset: no image decode
-            return b.labels[b.indices[int(i)]]
+            return b.labels[b.indices[self.positions[int(i)]]]
         return self[i][1]
+
+    def row(self, i: int) -> int:
+        """The base dataset's row of pair ``i`` (its attribute-file row for a CelebHQAttrDataset)."""
+        return self.row_of_position(self.positions[int(i)])
+
+    def row_of_position(self, p: int) -> int:
+        """The base dataset's row of its ``p``-th sample."""
+        return int(self.base.indices[p]) if hasattr(self.base, "indices") else int(p)
 
     def describe(self) -> dict:
         b = self.base
@@ -506,7 +533,7 @@ class PairDataset(Dataset):
             if hasattr(b, key):
                 d[key] = str(getattr(b, key))
         if hasattr(b, "indices"):
-            idx = list(b.indices)[: self.n]
+            idx = [list(b.indices)[p] for p in self.positions]
             d["indices"] = hashlib.sha1(json.dumps([int(i) for i in idx]).encode()).hexdigest()[:12]
         return d
 
@@ -541,8 +568,13 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
     idx = attribute_index(attribute)
     name = attribute_name(attribute)
     layers = resolve_layers(model, layers)
-    data = dataset if isinstance(dataset, PairDataset) else PairDataset(dataset, n)
+    data = (dataset if isinstance(dataset, PairDataset)
+            else PairDataset(dataset, n, skip_unreadable=True))
     n = len(data)
+    if n == 0:
+        raise ValueError(f"no readable image among the first {len(data.unreadable)} records "
+                         f"for the CRP global analysis" + (f": {data.unreadable[0][1]}"
+                                                           if data.unreadable else ""))
     out_dir = Path(out_dir)
     key, info = _cache_key(model, data, idx, layers, composite, n_refs)
     cache = out_dir / "cache" / key
@@ -558,7 +590,9 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
         basis = positive if positive.any() else np.ones(n, bool)
         result = {"attribute": name, "n": n, "n_positive": int(positive.sum()),
                   "ranked_on": "positive" if positive.any() else "all", "layers": {},
-                  "cache": str(cache), "settings": info}
+                  "cache": str(cache), "settings": info,
+                  "unreadable": [{"row": data.row_of_position(p), "reason": why}
+                                 for p, why in data.unreadable]}
         rows = []
         if concepts is None:
             todo = [(l, c) for l in layers for c in np.argsort(-shares[l][basis].mean(0))[:top]]
@@ -574,8 +608,7 @@ def global_analysis(model: nn.Module, dataset: Dataset, attribute="Smiling",
                      "reference_file": str(ref_file),
                      "mean_share": float(mean_share[c]),
                      "mean_share_all": float(shares[layer].mean(0)[c]),
-                     "reference_rows": [int(data.base.indices[i]) if hasattr(data.base, "indices")
-                                        else int(i) for i in ref_idx]}
+                     "reference_rows": [data.row(i) for i in ref_idx]}
             result["layers"].setdefault(layer, []).append(entry)
             rows.append((f"{layer.removeprefix('net.')} #{c}\nshare {mean_share[c]:+.3f}", refs))
     return _write_global(result, rows, out_dir, figure)

@@ -5,7 +5,8 @@ split over the processes of a Lightning Fabric launch (``devices`` per node × `
 under SLURM the processes are srun's tasks, found by Lightning's ``SLURMEnvironment``):
 
 1. Rank 0 removes half-written folders, collects the finished folders and the failure records of
-   earlier runs (the manifest, plus the per-rank record files a killed run left behind), and cuts
+   earlier runs (the manifest, plus the per-rank record files a killed run left behind; inputs
+   recorded unreadable are read again), and cuts
    what remains into batches of ``batch_size`` in input order: exactly the batches one process
    would run on the same run folder.
 2. It broadcasts the batches; rank ``r`` of ``W`` runs batches ``r, r + W, r + 2W, …`` through
@@ -60,9 +61,9 @@ class Plan:
     """What a (resumed) run still has to do, decided once on rank 0."""
     order: list[str]               # every input id, in input order
     batches: list[list[str]]       # ids still to generate, cut as one process would cut them
-    records: dict[str, dict]       # failed/unreadable entries of earlier runs (kept, not retried)
+    records: dict[str, dict]       # failed entries of earlier runs (kept; unreadables are retried)
     n_finished: int                # inputs with a finished folder already
-    n_recorded: int                # inputs recorded as failed/unreadable earlier
+    n_recorded: int                # inputs recorded as failed earlier (not tried again)
 
 
 def plan_run(items: list[runner.Item], out, batch_size: int) -> Plan:
@@ -73,7 +74,7 @@ def plan_run(items: list[runner.Item], out, batch_size: int) -> Plan:
         raise ValueError(f"batch size must be at least 1 (got {batch_size})")
     out = Path(out)
     order, todo, records = runner.resume_state(items, out)
-    left = rank_records(out)
+    left = runner.kept_records(rank_records(out))
     if left:  # a killed multi-process run: keep its records in the manifest, then drop the files
         records.update(left)
         runner.rewrite_manifest(out, order, records)
@@ -205,7 +206,7 @@ def _shared_plan(fabric, items: list[runner.Item], out: Path, batch_size: int) -
         plan = plan_run(items, out, batch_size)
         n_todo = sum(map(len, plan.batches))
         print(f"ldvce generate: {len(plan.order)} images, {plan.n_finished} finished earlier, "
-              f"{plan.n_recorded} recorded as failed/unreadable; {n_todo} to do in "
+              f"{plan.n_recorded} recorded as failed; {n_todo} to do in "
               f"{len(plan.batches)} batches on {fabric.world_size} process(es)", flush=True)
     return fabric.broadcast(plan, src=0)
 

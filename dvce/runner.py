@@ -243,7 +243,9 @@ def resume_state(items: list[Item], out, settings: dict | None = None
     """Where a run into ``out`` stands: ``(order, todo, records)``.
 
     ``order`` is the input order of the ids, ``todo`` the items without a finished folder or a
-    failure record, ``records`` the failed/unreadable entries of the manifest (kept, not retried).
+    failure record, ``records`` the failed entries of the manifest (kept, not retried: a
+    non-finite sample comes out the same again). Inputs recorded unreadable are tried again,
+    since reading costs nothing and the file may have been replaced.
     Creates ``out``, removes folders left half-written by a killed run and the summary of an
     earlier run (written again when this one finishes, so a run stopped midway never looks
     finished). With ``settings`` (:func:`run_settings`), refuses to resume a run made otherwise
@@ -264,10 +266,15 @@ def resume_state(items: list[Item], out, settings: dict | None = None
     done = rf.finished(out)
     if settings is not None:
         check_same_run(out, settings, done)
-    extra = {k: v for k, v in rf.read_manifest(out).items()
-             if v["status"] in ("failed", "unreadable")}
+    extra = kept_records(rf.read_manifest(out))
     todo = [it for it in items if it.image_id not in done and it.image_id not in extra]
     return order, todo, extra
+
+
+def kept_records(records: dict[str, dict]) -> dict[str, dict]:
+    """The manifest records a resumed run keeps instead of trying again: the failed samples
+    (unreadable inputs are read again, see :func:`resume_state`)."""
+    return {k: v for k, v in records.items() if v["status"] == "failed"}
 
 
 #: What makes a run folder one run (``result.json`` keys): ``evaluate``, the study and the

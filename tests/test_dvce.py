@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dvce import runfolder as rf
 from dvce import runner
 from dvce.ldm import build_random_ldm
 from dvce.samplers import SAMPLERS, FrameRecorder, Problem, get_sampler, sampler_defaults
@@ -137,6 +138,20 @@ def test_nan_sample_fails_without_spoiling_the_batch(problem, tmp_path):
         assert len(list((out / f"img{i}" / "sequence").glob("*.png"))) == len(r["frames"])
     assert not (out / "white").exists()
     assert summary["n"] == 6 and summary["n_failed"] == 1 and summary["n_unreadable"] == 2
+
+    # the rerun reads the unreadable inputs again (one was replaced), keeps the failed sample's
+    # record without sampling it again, and leaves the finished folders alone
+    Image.fromarray(((_images(1, seed=9)[0].permute(1, 2, 0).numpy() + 1) * 127.5)
+                    .astype(np.uint8)).save(folder / "broken.png")
+    before = {i: (out / f"img{i}" / "result.json").stat().st_mtime_ns for i in range(3)}
+    again = runner.run(runner.folder_items(folder, 64), problem, out, method="guided",
+                       batch_size=8, options=dict(num_steps=20, t_start=200, retry_scales=()),
+                       progress=False)
+    status = {e["image"]: e["status"] for e in rf.read_manifest(out).values()}
+    assert status["broken"] in ("ok", "not_flipped") and (out / "broken" / "result.json").exists()
+    assert status["white"] == "failed" and status["readme"] == "unreadable"
+    assert again["n_generated"] == 4 and again["n_failed"] == 1 and again["n_unreadable"] == 1
+    assert all((out / f"img{i}" / "result.json").stat().st_mtime_ns == before[i] for i in range(3))
 
 
 def test_interrupted_run_resumes_to_exactly_one_complete_result(problem, tmp_path, monkeypatch):

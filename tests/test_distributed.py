@@ -101,16 +101,17 @@ def test_plan_cuts_what_is_left_as_one_process_would(tmp_path):
     (out / "01").mkdir(parents=True)
     rf.write_result(out / "01", {"status": "ok"})
     rf.write_manifest(out, [{"image": "02", "status": "failed", "reason": "NaN"}])
-    rf.write_manifest(out / RANKS / "rank-3", [{"image": "03", "status": "unreadable",
-                                                "reason": "broken"}])  # left by a killed run
+    rf.write_manifest(out / RANKS / "rank-3", [  # left by a killed run
+        {"image": "03", "status": "unreadable", "reason": "broken"},
+        {"image": "04", "status": "failed", "reason": "NaN"}])
     (out / ".05.partial").mkdir()
     plan = plan_run(items, out, batch_size=2)
-    assert plan.batches == [["00", "04"], ["05", "06"]]
+    assert plan.batches == [["00", "03"], ["05", "06"]]  # the unreadable input is read again
     assert (plan.n_finished, plan.n_recorded) == (1, 2)
     assert not (out / RANKS).exists() and not (out / ".05.partial").exists()
     assert {k: e["status"] for k, e in rf.read_manifest(out).items()} == \
-        {"01": "ok", "02": "failed", "03": "unreadable"}  # the killed rank's record survived
-    assert shard(plan.batches, 0, 2) == [["00", "04"]]
+        {"01": "ok", "02": "failed", "04": "failed"}  # the killed rank's failure survived
+    assert shard(plan.batches, 0, 2) == [["00", "03"]]
     assert shard(plan.batches, 1, 2) == [["05", "06"]]
     assert shard(plan.batches, 2, 3) == []
     with pytest.raises(ValueError, match="batch size"):

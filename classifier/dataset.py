@@ -13,6 +13,15 @@ from classifier.images import UnreadableImageError, decode_image, pil_to_tensor
 from classifier.lmdb_store import image_key, lmdb_info, open_lmdb
 from fileio import atomic_write_text
 
+#: What reading a record raises when it is missing (KeyError) or not a readable image.
+UNREADABLE = (UnreadableImageError, KeyError)
+
+
+def unreadable_reason(e: Exception) -> str:
+    """The message of an :data:`UNREADABLE` error (a KeyError's str() adds quotes)."""
+    return str(e).strip("'\"")
+
+
 # The seed's split by row of the attribute file, as fractions (30000 rows -> 24000/3000/3000).
 SPLIT_FRACTIONS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0), "all": (0.0, 1.0)}
 ATTRIBUTE_FILE = "CelebAMask-HQ-attribute-anno.txt"
@@ -165,10 +174,10 @@ class CelebHQAttrDataset(Dataset):
         row = self.indices[i]
         try:
             img = self.read_image(row)
-        except (UnreadableImageError, KeyError) as e:
+        except UNREADABLE as e:
             if not self.skip_unreadable:
                 raise
-            return {"unreadable": row, "reason": str(e).strip("'\"")}
+            return {"unreadable": row, "reason": unreadable_reason(e)}
         if self.augment and torch.rand(()) < 0.5:
             img = img.flip(-1)
         return {"img": img, "labels": self.labels[row], "index": row}

@@ -6,9 +6,8 @@ under SLURM the processes are srun's tasks, found by Lightning's ``SLURMEnvironm
 
 1. Rank 0 removes half-written folders, collects the finished folders and the failure records of
    earlier runs (the manifest, plus the per-rank record files a killed run left behind; inputs
-   recorded unreadable are read again), and cuts
-   what remains into batches of ``batch_size`` in input order: exactly the batches one process
-   would run on the same run folder.
+   recorded unreadable are read again), and cuts what remains into batches of ``batch_size`` in
+   input order: exactly the batches one process would run on the same run folder.
 2. It broadcasts the batches; rank ``r`` of ``W`` runs batches ``r, r + W, r + 2W, …`` through
    :func:`dvce.runner.generate_batch`, which writes each image's folder atomically (a killed
    process leaves no folder that looks finished).

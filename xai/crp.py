@@ -489,12 +489,12 @@ class PairDataset(Dataset):
         self.positions = list(range(first))
         self.unreadable: list[tuple[int, str]] = []
         if skip_unreadable:
-            from classifier.images import UnreadableImageError
+            from classifier.dataset import UNREADABLE, unreadable_reason
             for i in range(first):
                 try:
                     s = self.base[i]
-                except (UnreadableImageError, KeyError) as e:
-                    self.unreadable.append((i, str(e).strip("'\"")))
+                except UNREADABLE as e:
+                    self.unreadable.append((i, unreadable_reason(e)))
                     continue
                 if isinstance(s, dict) and "unreadable" in s:  # a base that skips them itself
                     self.unreadable.append((i, s["reason"]))
@@ -533,8 +533,8 @@ class PairDataset(Dataset):
             if hasattr(b, key):
                 d[key] = str(getattr(b, key))
         if hasattr(b, "indices"):
-            idx = [list(b.indices)[p] for p in self.positions]
-            d["indices"] = hashlib.sha1(json.dumps([int(i) for i in idx]).encode()).hexdigest()[:12]
+            idx = [self.row_of_position(p) for p in self.positions]
+            d["indices"] = hashlib.sha1(json.dumps(idx).encode()).hexdigest()[:12]
         return d
 
 

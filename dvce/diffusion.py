@@ -74,14 +74,18 @@ def ddim_move(x0: torch.Tensor, eps: torch.Tensor, a_to: torch.Tensor) -> torch.
 
 
 @torch.no_grad()
-def ddim_invert(ldm: LDM, z0: torch.Tensor, ts: list[int], keep: bool = False):
+def ddim_invert(ldm: LDM, z0: torch.Tensor, ts: list[int], keep: bool = False,
+                from_t: int | None = None):
     """Run DDIM backwards from the clean latent ``z0`` up to ``ts[-1]``.
 
     Returns the latent at ``ts[-1]`` and, with ``keep``, the list of latents at every timestep of
     ``ts`` (index i = latent at ts[i]), used by samplers that restore the original outside a mask.
+    ``from_t``: ``z0`` is not clean but already inverted to ``from_t`` (the last timestep of an
+    earlier inversion on the same grid); ``ts`` are the timesteps after it. Continuing gives the
+    same latents as inverting from the clean one again (DDIM inversion is deterministic).
     """
     z, traj = z0, []
-    prev = None
+    prev = from_t
     for t in ts:
         # ε is evaluated at the current point (the usual DDIM-inversion approximation).
         eps = predict_eps(ldm, z, t if prev is None else prev)

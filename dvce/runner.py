@@ -24,7 +24,7 @@ from classifier.dataset import CelebHQAttrDataset
 from classifier.images import UnreadableImageError, load_image, save_image, tensor_to_uint8
 from dvce import runfolder as rf
 from dvce.diverse import Candidate, check_method, counterfactual_rounds, ranked
-from dvce.samplers import DEFAULT_METHOD, Problem, check_options, get_sampler
+from dvce.samplers import DEFAULT_METHOD, Problem, check_options, get_sampler, sampler_defaults
 from fileio import atomic_write_bytes, list_image_files
 
 STATUSES = rf.STATUSES
@@ -231,10 +231,13 @@ def run(items: list[Item], problem: Problem, out, method: str = DEFAULT_METHOD, 
 
 
 def run_settings(method: str, options: dict, settings: dict | None, num_cfs: int) -> dict:
-    """What every ``result.json`` of a run records about how it was made (checks ``num_cfs``)."""
+    """What every ``result.json`` of a run records about how it was made (checks ``num_cfs``):
+    the ``options`` given and, in ``sampler_options``, every option the sampler ran with (its
+    defaults filled in), so that a run stays reproducible after a default changes."""
     check_method(method, num_cfs)
     check_options(method, options)
-    return {"method": method, "options": options, **(settings or {}),
+    return {"method": method, "options": options,
+            "sampler_options": {**sampler_defaults(method), **options}, **(settings or {}),
             **({"num_cfs": num_cfs} if num_cfs > 1 else {})}
 
 
@@ -278,8 +281,11 @@ def kept_records(records: dict[str, dict]) -> dict[str, dict]:
 
 
 #: What makes a run folder one run (``result.json`` keys): ``evaluate``, the study and the
-#: summary read every item of a folder as made the same way.
-RUN_IDENTITY = ("method", "num_cfs", "options", "attribute", "classifier", "ldm", "dtype")
+#: summary read every item of a folder as made the same way. ``sampler_options`` (the options
+#: with the defaults of their time) keeps a run begun before a default changed from being finished
+#: with the new one; older runs, which did not record it, are compared on the rest.
+RUN_IDENTITY = ("method", "num_cfs", "options", "sampler_options", "attribute", "classifier",
+                "ldm", "dtype")
 
 
 def _identity(result: dict) -> dict:

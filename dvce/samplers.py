@@ -855,12 +855,13 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
     checked_views = views if check_views else 1
     checked_renoise = renoise_t if check_renoise else 0
     iters = 0
+    inverted = _Inversion([], [])
     for k, t_start in enumerate(levels):
         todo = state.todo()
         if len(todo) == 0:
             break
         ts = schedule(t_start, num_steps)
-        z_T, traj = _invert_attempt(state, todo, ts, reconstruct=k == 0 and not region)
+        z_T, traj = _invert_attempt(state, todo, ts, k == 0 and not region, inverted)
         m = None
         if edit_region is not None:  # latent positions at least a quarter inside the given region
             m = (F.adaptive_avg_pool2d(given[todo], z_T.shape[-2:]) > 0.25).float()
@@ -915,12 +916,38 @@ def _pre_explanation(state: SampleState, pre_t: int, pre_steps: int, pre_scale: 
     return evidence, tuple(z_pre.shape[-2:])
 
 
-def _invert_attempt(state: SampleState, todo: torch.Tensor, ts: list[int], reconstruct: bool):
+@dataclass
+class _Inversion:
+    """The latest attempt's inversion: its timesteps and, per timestep, the latents of every
+    face (rows of the whole batch; only the rows it inverted are filled). A later attempt on the
+    same grid continues it instead of encoding and inverting again from t = 0."""
+    ts: list[int]
+    traj: list[torch.Tensor]
+
+    def store(self, todo: torch.Tensor, ts: list[int], traj: list[torch.Tensor], b: int):
+        full = [torch.zeros((b, *z.shape[1:]), dtype=z.dtype, device=z.device) for z in traj]
+        for f, z in zip(full, traj):
+            f[todo] = z
+        self.ts, self.traj = list(ts), full
+
+
+def _invert_attempt(state: SampleState, todo: torch.Tensor, ts: list[int], reconstruct: bool,
+                    done: _Inversion):
     """The samples ``todo`` inverted to ``ts[-1]`` (start latents and trajectory); with
-    ``reconstruct`` (first attempt without a pre-explanation) their round trip is frame 1."""
+    ``reconstruct`` (first attempt without a pre-explanation) their round trip is frame 1.
+    ``done`` holds the previous attempt's inversion (``todo`` only shrinks between attempts):
+    when ``ts`` extends its timesteps, the inversion continues from its last latent; ``done`` is
+    then updated to this one."""
     ldm, problem = state.problem.ldm, state.problem
     with torch.no_grad():
-        z_T, traj = ddim_invert(ldm, encode(ldm, state.x[todo]), ts, keep=True)
+        if done.traj and ts[:len(done.ts)] == done.ts:
+            head = [z[todo] for z in done.traj]
+            z_T, tail = ddim_invert(ldm, head[-1], ts[len(done.ts):], keep=True,
+                                    from_t=done.ts[-1])
+            traj = head + tail
+        else:
+            z_T, traj = ddim_invert(ldm, encode(ldm, state.x[todo]), ts, keep=True)
+        done.store(todo, ts, traj, len(state.x))
         if reconstruct:
             rec = decode(ldm, ddim_denoise(ldm, z_T, ts))
             state.reconstruction = state.reconstruction.clone()
@@ -939,10 +966,12 @@ def _robust(state: SampleState, todo: torch.Tensor, out: PassResult, margin: flo
     accept = _signed(out.logit, tgt) >= margin
     for flip, dx, dy in VIEWS[1:views]:
         accept &= _signed(problem.logit(_view(out.img, flip, dx, dy)), tgt) > 0
-    if renoise_t and bool(accept.any()):
-        r = _renoised(problem.ldm, out.img, renoise_t, num_steps)
-        r = out.mask * r + (1 - out.mask) * state.x[todo]
-        accept &= _signed(problem.logit(r), tgt) > 0
+    if renoise_t and bool(accept.any()):  # the round trip only for the rows still accepted
+        rows = accept.nonzero().flatten()
+        r = _renoised(problem.ldm, out.img[rows], renoise_t, num_steps)
+        m = out.mask[rows]
+        r = m * r + (1 - m) * state.x[todo[rows]]
+        accept[rows] = _signed(problem.logit(r), tgt[rows]) > 0
     return accept
 
 

@@ -135,6 +135,16 @@ def test_a_resumed_run_must_be_made_the_same_way(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"options=.*'t_start': 500.*'t_start': 300"):
         runner.run(items, problem, tmp_path, method="guided", target=1, progress=False,
                    options={**opts, "t_start": 300}, settings=made)
+    # a sampler default changed since the run was made: its items record the defaults they ran
+    # with, so the new default is refused instead of silently mixed into the run
+    made_with = json.loads((tmp_path / "img0" / "result.json").read_text())["sampler_options"]
+    assert made_with["margin"] == 3.0 and made_with["t_start"] == 500
+    with monkeypatch.context() as m:
+        m.setattr(runner, "sampler_defaults", lambda method: {**made_with, "margin": 1.0})
+        with pytest.raises(ValueError, match=r"sampler_options=.*'margin': 3.0.*asks for "
+                                             r".*sampler_options=.*'margin': 1.0"):
+            runner.run(items, problem, tmp_path, method="guided", target=1, progress=False,
+                       options=opts, settings=made)
     with pytest.raises(ValueError, match="'img0' occur more than once"):
         runner.run(items + items[:1], problem, tmp_path, method="guided", progress=False,
                    options=opts, settings=made)

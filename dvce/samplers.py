@@ -694,7 +694,7 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
              region_dilate: bool = False, margin: float = 3.0,
              views: int = 4, check_views: bool = True, check_renoise: bool = True,
              renoise_t: int = 200, prune: bool = True, prune_grid: int = 0,
-             preserve: float = 0.0, preserve_levels: int = 2, grad_decoder: str = "full",
+             preserve: float = 0.5, preserve_levels: int = 2, grad_decoder: str = "full",
              callback: Callable | None = None, keep_out: torch.Tensor | None = None,
              edit_region: torch.Tensor | None = None) -> CFBatch:
     """Adaptive latent guided DDIM: where and how strongly to edit follow what this face needs.
@@ -723,9 +723,9 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
 
     Measured (docs/results_adaptive.md): on 48 faces of each of two unseen toy seeds it flips
     every face of the toy ResNet, the plain toy ResNet18 and the toy MLP, most in the first
-    attempt at t = 300, for the toy ResNet with oracle agreement 0.98 and localisation 0.84 /
-    0.85, but MNAC 0.33 / 0.48; with ``preserve`` 0.5 MNAC is 0.25 / 0.27 at localisation 0.81
-    and a third more time. It does not show the hat of the Clever-Hans classifier on most faces.
+    attempt at t = 300; for the toy ResNet with oracle agreement 0.98, localisation 0.81 and
+    MNAC 0.25 / 0.27 (0.33 / 0.48 and localisation 0.84 / 0.85 with ``preserve`` 0). It does
+    not show the hat of the Clever-Hans classifier on most faces.
 
     ``info``: per face the ``attempts`` run, the noise level ``t_start`` of the kept result, the
     ``region_fraction`` of the image it edited and whether it was ``robust``.
@@ -797,12 +797,13 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         guidance: a hinge on each other logit coming within 2 of its decision boundary (or
         losing its original confidence, if that was lower) is added to the loss. The edit then
         changes the target without also changing what the classifier believes about, e.g., an
-        open mouth (fewer attributes changed, MNAC). 0 (default): off. 0.5 is the measured
-        choice; it is off by default only for its cost (more faces need a later attempt: a
-        third more time). It also quiets the classifier's own cue detectors in those attempts:
-        a classifier that uses a hat for its target and also predicts Wearing_Hat is steered
-        away from the hat there, which is why only the first ``preserve_levels`` attempts use
-        it (measured: the hat-biased toy classifier's counterfactuals are unchanged).
+        open mouth (fewer attributes changed, MNAC). 0.5 (default) is the measured choice; it
+        costs about an eighth more time (more faces need a later attempt). 0 turns it off, as
+        the default was in runs whose ``result.json`` has no ``sampler_options``. It also
+        quiets the classifier's own cue detectors in those attempts: a classifier that uses a
+        hat for its target and also predicts Wearing_Hat is steered away from the hat there,
+        which is why only the first ``preserve_levels`` attempts use it (measured: the
+        hat-biased toy classifier's counterfactuals are unchanged).
     preserve_levels : int
         How many of the first attempts (noise levels) use ``preserve``; later attempts, for the
         faces that could not flip while keeping every other decision, guide without it.

@@ -448,7 +448,7 @@ def test_preserve_turns_the_guidance_away_from_edits_that_flip_another_decision(
     assert left0 > 0 and right0 > 0 and left5 == pytest.approx(float(left0))
     assert right5 < 0 < right0
     sampler = get_sampler("adaptive")
-    base = sampler(clf, x, torch.ones(2), **QUICK["adaptive"])
+    base = sampler(clf, x, torch.ones(2), preserve=0.0, **QUICK["adaptive"])
     gated = sampler(clf, x, torch.ones(2), preserve=5.0, preserve_levels=0, **QUICK["adaptive"])
     used = sampler(clf, x, torch.ones(2), preserve=5.0, **QUICK["adaptive"])
     assert torch.equal(gated.counterfactual, base.counterfactual)

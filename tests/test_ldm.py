@@ -74,6 +74,13 @@ def test_schedule_and_inversion_mirror(tiny_ldm):
     # a single step each way is an exact DDIM inverse when ε is the same
     z1, _, eps = diffusion.ddim_step(tiny_ldm, traj[1], ts, 1)
     assert z1.shape == traj[0].shape
+    # continuing an inversion that stopped at ts[40] (adaptive's later attempts) gives the
+    # latents of inverting all the way at once; continuing from the clean latent would not
+    zc, tail = diffusion.ddim_invert(tiny_ldm, traj[40], ts[41:], keep=True, from_t=ts[40])
+    assert len(tail) == len(ts) - 41
+    assert torch.allclose(zc, zT, atol=1e-5) and torch.allclose(tail[0], traj[41], atol=1e-5)
+    wrong = diffusion.ddim_invert(tiny_ldm, traj[40], ts[41:])
+    assert not torch.allclose(wrong, zT, atol=1e-3)
 
 
 def test_straight_through_quantised_decode_passes_gradients(tiny_ldm):

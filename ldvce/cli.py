@@ -698,19 +698,22 @@ def crp(mode: Literal["local", "global"], *, classifier: str, attribute: str = "
 def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, out: str,
              target: str = "Smiling", control: str | None = "Eyeglasses",
              oracle: str | None = None, ldm: str = "toy", method: str | None = None,
-             options: str | None = None, batch_size: int = 16, split: str = "all",
-             bootstrap: int = 1000, seed: int = 0, device: str = "auto") -> dict:
+             options: str | None = None, margin: float = 5.0, batch_size: int = 16,
+             split: str = "all", bootstrap: int = 1000, seed: int = 0,
+             device: str = "auto") -> dict:
     """Shortcut test: add/remove a suspected cue with counterfactuals and measure the decision shift.
 
     Faces the editor calls without --cue get it added, faces with it get it removed; each edit
-    is a counterfactual of the editor's --cue output. The explained classifier's --target
-    decision is read before and after: the share of faces whose decision flips and the mean
-    change in probability, with bootstrap 95 % intervals, per direction, beside the same edits
-    of --control. With --oracle, edits it does not confirm are counted apart. Writes
+    is a counterfactual of the editor's --cue output (past its boundary by --margin). Several
+    editors separated by commas guide together by their mean logit: edits that independent
+    networks all read as the cue, which an oracle confirms far more often than the edits of
+    one. The explained classifier's --target decision is read before and after: the share of
+    faces whose decision flips and the mean change in probability, with bootstrap 95 %
+    intervals, per direction, beside the same edits of --control. With --oracle, edits it does not confirm are counted apart. Writes
     OUT/shortcut.json, OUT/shortcut.png, OUT/report.html and one run folder per edit under
-    OUT/edits/. Example (toy world): ldvce shortcut --classifier BIASED.safetensors --cue
-    Wearing_Hat --editor toy_resnet --oracle toy_oracle --data .cache/ldvce/data/toy-test --out
-    runs/shortcut
+    OUT/edits/. Example (toy world): ldvce shortcut --classifier toy_biased_hat --cue
+    Wearing_Hat --editor toy_resnet,toy_resnet18 --oracle toy_oracle --data
+    .cache/ldvce/data/toy-eval-400-7272 --out runs/shortcut
 
     Parameters
     ----------
@@ -719,7 +722,9 @@ def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, 
     cue : str
         The suspected shortcut attribute (name or index), e.g. Wearing_Hat.
     editor : str
-        Another classifier of --cue whose gradient makes the edits (toy world: toy_resnet).
+        Another classifier of --cue whose gradient makes the edits, or several separated by
+        commas (a committee: their mean logit), none of them the explained one (toy world:
+        toy_resnet,toy_resnet18).
     data : str
         Dataset folder (one *.lmdb + CelebAMask-HQ-attribute-anno.txt), e.g. a toyfaces folder.
     n : int
@@ -739,6 +744,10 @@ def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, 
     options : str
         The sampler's options as a JSON object, e.g. '{"margin": 6}' (the default
         method's; `ldvce generate --help` lists each method's).
+    margin : float
+        How far past its decision boundary the editor's --cue logit must go, where the method
+        has a margin (an --options margin wins): an edit should leave no doubt that the cue
+        is there (counterfactuals use 3).
     batch_size : int
         Images per sampler call.
     split : str
@@ -759,7 +768,8 @@ def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, 
     try:
         return run_shortcut(classifier=classifier, cue=cue, editor=editor, data=data, n=n,
                             out=out, target=target, control=control or None, oracle=oracle,
-                            ldm=ldm, method=method, options=opts, batch_size=batch_size,
+                            ldm=ldm, method=method, options=opts, margin=margin,
+                            batch_size=batch_size,
                             split=split, n_bootstrap=bootstrap, seed=seed,
                             device=_device(device))
     except (ValueError, FileNotFoundError, KeyError) as e:

@@ -1,6 +1,7 @@
 """The shortcut test's report: a table of the shift per attribute and direction, and a page."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fileio.report import Report
@@ -31,11 +32,18 @@ HEADER = ["attribute", "edit", "faces edited", "edits counted", "decision flips 
 def report_section(doc: Report, out, result: dict) -> None:
     """Append the shortcut test to ``doc``: what was done, the table and the figure."""
     doc.heading(f"Shortcut test: does {result['cue']} move {result['target']}?")
+    committee = "," in str(result["editor"])
+    editor = (f"the editor committee `{result['editor']}` (their mean logit; " if committee
+              else f"the editor `{result['editor']}` (")
+    options = json.dumps(result.get("options") or {})
     doc.paragraph(
         f"Faces without {result['cue']} had it added and faces with it had it removed, each by a "
-        f"counterfactual of the editor `{result['editor']}` (`{result['method']}` sampler); the "
+        f"counterfactual of {editor}`{result['method']}` sampler, options {options}); the "
         f"explained classifier `{result['classifier']}` was asked about {result['target']} before "
-        f"and after. {result['control']} was edited the same way as a control. Edits the editor "
+        "and after. "
+        + (f"{result['control']} was edited the same way as a control. " if result.get("control")
+           else "")
+        + "Edits the editor "
         "did not flip" + (", or the oracle did not confirm," if result.get("oracle") else "")
         + " are counted apart and left out of the statistics.")
     doc.table(HEADER, shift_rows(result))

@@ -118,3 +118,22 @@ def test_toy_world_adding_a_hat_flips_the_biased_classifier_not_the_clean_one(tm
     assert shifts["biased"]["add"]["shift"]["flip_rate"]["mean"] >= 0.9
     assert shifts["clean"]["add"]["shift"]["flip_rate"]["mean"] <= 0.1
     assert shifts["biased"]["remove"]["shift"]["flip_rate"]["mean"] >= 0.9
+
+
+def test_edits_record_their_editor_so_another_editor_never_resumes_them(tmp_path, monkeypatch):
+    """The editor is the edits' classifier in the run folder: a second run into the same --out
+    with another editor is refused by the runner instead of silently reusing the old edits."""
+    from dvce import runner
+    seen = {}
+    monkeypatch.setattr(E.runner, "lmdb_items", lambda *a: [])
+    monkeypatch.setattr(E, "dataset_files", lambda data: ("x.lmdb", "attr.txt"))
+    monkeypatch.setattr(E.runner, "run", lambda items, problem, out, **kw: seen.update(kw))
+    ldm = type("LDM", (), {"image_size": 64})()
+    E.edit_faces(tmp_path, None, ldm, "data", [1], "Wearing_Hat", "add", "adaptive",
+                 editor_name="toy_resnet,toy_resnet18")
+    assert seen["settings"]["classifier"] == "toy_resnet,toy_resnet18"
+    # what the runner does with it: a folder holding one editor's edits refuses another's
+    done = {"3": {"classifier": "toy_resnet", "method": "adaptive", "attribute": "Wearing_Hat"}}
+    with pytest.raises(ValueError, match="classifier=toy_resnet.*classifier=toy_resnet,toy_r"):
+        runner.check_same_run(tmp_path, {"classifier": "toy_resnet,toy_resnet18",
+                                         "method": "adaptive", "attribute": "Wearing_Hat"}, done)

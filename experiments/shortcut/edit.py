@@ -31,15 +31,18 @@ def pick_faces(editor, data, attribute: str, n: int, split: str = "all",
 
 def edit_faces(run_dir, editor, ldm, data, rows: list[int], attribute: str, direction: str,
                method: str, options: dict | None = None, batch_size: int = 16,
-               progress: bool = True) -> dict:
+               progress: bool = True, editor_name: str | None = None) -> dict:
     """Counterfactuals of the editor's ``attribute`` output toward ``direction`` for dataset
-    ``rows`` into ``run_dir`` (resumable: finished faces are kept); returns the run summary."""
+    ``rows`` into ``run_dir`` (resumable: finished faces are kept); returns the run summary.
+    ``editor_name`` is recorded as the run's classifier, so that edits of another editor are
+    never resumed into the same folder (the runner refuses, naming both)."""
     lmdb, attr = dataset_files(data)
     items = runner.lmdb_items(lmdb, attr, rows, ldm.image_size)
     return runner.run(items, Problem(ldm, editor, attribute_index(attribute)), run_dir,
                       method=method, target=DIRECTIONS[direction], batch_size=batch_size,
                       options=dict(options or {}),
-                      settings={"attribute": attribute, "edit": direction}, progress=progress)
+                      settings={"attribute": attribute, "edit": direction,
+                                "classifier": editor_name}, progress=progress)
 
 
 @torch.no_grad()

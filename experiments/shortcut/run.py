@@ -113,7 +113,7 @@ def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str
         for direction in DIRECTIONS:
             run = Path("edits") / f"{attr}-{direction}"
             edit_faces(out / run, edit_with, model, data, faces[direction], attr, direction,
-                       method, options, batch_size, progress)
+                       method, options, batch_size, progress, editor_name=",".join(editors))
             scored = score_edits(out / run, faces[direction], explained, target, direction,
                                  attr, check)
             used = [i for i, u in enumerate(scored["used"]) if u]

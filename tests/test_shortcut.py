@@ -53,6 +53,9 @@ def test_the_editor_must_not_be_the_explained_classifier(tmp_path):
         shortcut(classifier="toy_resnet")
     with pytest.raises(SystemExit, match="editor must be another classifier"):
         shortcut(classifier="toy_resnet", editor="toy_resnet18, toy_resnet")
+    from classifier.registry import resolve_classifier
+    with pytest.raises(SystemExit, match="editor must be another classifier"):  # by its file
+        shortcut(classifier=str(resolve_classifier("toy_resnet")), editor="toy_resnet18,toy_resnet")
     with pytest.raises(SystemExit, match="names no classifier"):
         shortcut(editor=" , ")
     with pytest.raises(SystemExit, match="--options is not JSON"):

@@ -709,9 +709,9 @@ def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, 
     networks all read as the cue, which an oracle confirms far more often than the edits of
     one. The explained classifier's --target decision is read before and after: the share of
     faces whose decision flips and the mean change in probability, with bootstrap 95 %
-    intervals, per direction, beside the same edits of --control. With --oracle, edits it does not confirm are counted apart. Writes
-    OUT/shortcut.json, OUT/shortcut.png, OUT/report.html and one run folder per edit under
-    OUT/edits/. Example (toy world): ldvce shortcut --classifier toy_biased_hat --cue
+    intervals, per direction, beside the same edits of --control. With --oracle, edits it
+    does not confirm are counted apart. Writes OUT/shortcut.json, OUT/shortcut.png,
+    OUT/report.html and one run folder per edit under OUT/edits/. Example (toy world): ldvce shortcut --classifier toy_biased_hat --cue
     Wearing_Hat --editor toy_resnet,toy_resnet18 --oracle toy_oracle --data
     .cache/ldvce/data/toy-eval-400-7272 --out runs/shortcut
 
@@ -740,14 +740,15 @@ def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, 
     ldm : str
         Hub id, diffusers folder or 'toy'.
     method : str
-        Sampler of the edits (default: the default method, with its defaults).
+        Sampler of the edits (default: the default method, with its defaults but --margin).
     options : str
         The sampler's options as a JSON object, e.g. '{"margin": 6}' (the default
         method's; `ldvce generate --help` lists each method's).
     margin : float
-        How far past its decision boundary the editor's --cue logit must go, where the method
-        has a margin (an --options margin wins): an edit should leave no doubt that the cue
-        is there (counterfactuals use 3).
+        The sampler's margin option for the edits, where the method has one (an --options
+        margin wins). For adaptive and guided: how far past its decision boundary the
+        editor's --cue logit must go, so that an edit leaves no doubt that the cue is there
+        (their default for counterfactuals is 3); for seed: the logit its loss aims at.
     batch_size : int
         Images per sampler call.
     split : str

@@ -80,8 +80,10 @@ def test_a_committee_reads_as_the_mean_of_its_members_logits():
     x = torch.zeros(3, 3, 8, 8)
     both = Committee([Fixed([4.0, -2.0]), Fixed([-1.0, -4.0])])
     assert torch.equal(both(x), torch.tensor([[1.5, -3.0]] * 3))
-    # one member that sees the cue strongly is not enough for the committee to see it
-    assert both(x)[0, 1] < 0 < Fixed([4.0, 6.0])(x)[0, 1]
+    # one member that reads the attribute strongly is not enough when the other reads it
+    # against: the committee reads it only as much as both together do
+    sure = Committee([Fixed([4.0, 6.0]), Fixed([-1.0, -4.0])])
+    assert 0 < sure(x)[0, 1] < 6.0 and both(x)[0, 1] < 0
     with pytest.raises(ValueError, match="different numbers of attributes"):
         Committee([Fixed([1.0]), Fixed([1.0, 2.0])])(x)
     with pytest.raises(ValueError, match="at least one"):
@@ -131,8 +133,43 @@ def test_edits_record_their_editor_so_another_editor_never_resumes_them(tmp_path
     E.edit_faces(tmp_path, None, ldm, "data", [1], "Wearing_Hat", "add", "adaptive",
                  editor_name="toy_resnet,toy_resnet18")
     assert seen["settings"]["classifier"] == "toy_resnet,toy_resnet18"
+    with pytest.raises(TypeError, match="editor_name"):   # no edits without naming the editor
+        E.edit_faces(tmp_path, None, ldm, "data", [1], "Wearing_Hat", "add", "adaptive")
     # what the runner does with it: a folder holding one editor's edits refuses another's
     done = {"3": {"classifier": "toy_resnet", "method": "adaptive", "attribute": "Wearing_Hat"}}
     with pytest.raises(ValueError, match="classifier=toy_resnet.*classifier=toy_resnet,toy_r"):
         runner.check_same_run(tmp_path, {"classifier": "toy_resnet,toy_resnet18",
                                          "method": "adaptive", "attribute": "Wearing_Hat"}, done)
+
+
+def test_run_shortcut_edits_with_the_committee_its_name_and_the_margin(tmp_path, monkeypatch):
+    """What run_shortcut hands to the edits: a Committee of the editors given (each once), their
+    joined names as the edits' classifier (the resume guard), and the options with margin 5
+    unless the options set one; shortcut.json records the same."""
+    import json
+    from classifier.committee import Committee
+    from experiments.shortcut import run as R
+    calls = []
+    monkeypatch.setattr(R, "_load", lambda f, device: torch.nn.Identity())
+    monkeypatch.setattr(R, "load_ldm", lambda ldm, device: None)
+    monkeypatch.setattr(R, "pick_faces", lambda *a, **k: {"add": [1], "remove": [2]})
+    monkeypatch.setattr(R, "edit_faces", lambda out, editor, *a, editor_name, **k: calls.append(
+        (editor, a[-3], editor_name)))
+    monkeypatch.setattr(R, "score_edits", lambda *a: {"used": [], "rows": [], "p_before": [],
+                                                      "p_after": [], "editor_flipped": []})
+    monkeypatch.setattr(R, "write_report", lambda out, result: None)
+    r = R.run_shortcut(classifier="toy_biased_hat", cue="Wearing_Hat", control=None,
+                       editor="toy_resnet, toy_resnet18,toy_resnet", data="d", n=1,
+                       out=tmp_path, method="adaptive", figure=False, progress=False)
+    assert len(calls) == 2 and all(isinstance(e, Committee) and len(e.members) == 2
+                                   for e, _, _ in calls)
+    assert {name for _, _, name in calls} == {"toy_resnet,toy_resnet18"}
+    assert all(opts == {"margin": 5.0} for _, opts, _ in calls)
+    saved = json.loads((tmp_path / "shortcut.json").read_text())
+    assert saved["editor"] == r["editor"] == "toy_resnet,toy_resnet18"
+    assert saved["editors"] == ["toy_resnet", "toy_resnet18"] and saved["options"]["margin"] == 5
+    calls.clear()
+    R.run_shortcut(classifier="toy_biased_hat", cue="Wearing_Hat", control=None,
+                   editor="toy_resnet18", data="d", n=1, out=tmp_path / "one", method="adaptive",
+                   options={"margin": 2}, figure=False, progress=False)
+    assert not isinstance(calls[0][0], Committee) and calls[0][1] == {"margin": 2}

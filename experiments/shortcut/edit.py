@@ -31,7 +31,7 @@ def pick_faces(editor, data, attribute: str, n: int, split: str = "all",
 
 def edit_faces(run_dir, editor, ldm, data, rows: list[int], attribute: str, direction: str,
                method: str, options: dict | None = None, batch_size: int = 16,
-               progress: bool = True, editor_name: str | None = None) -> dict:
+               progress: bool = True, *, editor_name: str) -> dict:
     """Counterfactuals of the editor's ``attribute`` output toward ``direction`` for dataset
     ``rows`` into ``run_dir`` (resumable: finished faces are kept); returns the run summary.
     ``editor_name`` is recorded as the run's classifier, so that edits of another editor are

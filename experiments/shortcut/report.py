@@ -32,7 +32,7 @@ HEADER = ["attribute", "edit", "faces edited", "edits counted", "decision flips 
 def report_section(doc: Report, out, result: dict) -> None:
     """Append the shortcut test to ``doc``: what was done, the table and the figure."""
     doc.heading(f"Shortcut test: does {result['cue']} move {result['target']}?")
-    committee = "," in str(result["editor"])
+    committee = len(result.get("editors") or [result["editor"]]) > 1
     editor = (f"the editor committee `{result['editor']}` (their mean logit; " if committee
               else f"the editor `{result['editor']}` (")
     options = json.dumps(result.get("options") or {})

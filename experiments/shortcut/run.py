@@ -43,18 +43,34 @@ def _load(name_or_path, device):
 
 
 def editor_names(editor) -> list[str]:
-    """The editor's classifiers: one name or path, or several separated by commas."""
-    names = [e.strip() for e in str(editor).split(",") if e.strip()]
+    """The editor's classifiers: one name or path, or several separated by commas (each once,
+    in the order given)."""
+    names = list(dict.fromkeys(e.strip() for e in str(editor).split(",") if e.strip()))
     if not names:
         raise ValueError("--editor names no classifier")
     return names
 
 
-def _load_editor(names: list[str], device):
+def _editor_files(classifier, editors: list[str]) -> list:
+    """The editors' checkpoint files; a ValueError when the explained ``classifier`` is one of
+    them, by name (checked before any file is resolved: resolving a toy name may train it) or
+    by file."""
+    refuse = ValueError("the editor must be another classifier than the one explained (its own "
+                        "gradient would edit whatever it reads, not the cue)")
+    if str(classifier) in editors:
+        raise refuse
+    explained_file = resolve_classifier(classifier).resolve()
+    files = [resolve_classifier(e) for e in editors]
+    if any(f.resolve() == explained_file for f in files):
+        raise refuse
+    return files
+
+
+def _load_editor(files: list, device):
     """One classifier, or a :class:`~classifier.committee.Committee` of several."""
-    if len(names) == 1:
-        return _load(names[0], device)
-    return Committee([_load(n, device) for n in names]).eval()
+    if len(files) == 1:
+        return _load(files[0], device)
+    return Committee([_load(f, device) for f in files]).eval()
 
 
 def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str = "Smiling",
@@ -77,7 +93,8 @@ def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str
     target : the explained decision, e.g. ``Smiling``.
     control : an attribute that should not matter, edited the same way (None: no control).
     oracle : a third classifier that confirms the edits (optional).
-    ldm, method, options, batch_size : the LDM and the sampler (default: the default method).
+    ldm, method, options, batch_size : the LDM and the sampler (default: the default method
+        with its defaults, but ``margin``, below).
     margin : the sampler's ``margin`` for the edits (:data:`EDIT_MARGIN`) unless ``options``
         sets one; None keeps the method's own default.
     split : dataset split the faces come from (``all`` for an unseen toy folder, ``test`` on
@@ -98,15 +115,12 @@ def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str
             raise ValueError(f"the {role} must be another attribute than the target {target}: "
                              "editing the target itself measures nothing about a shortcut")
     editors = editor_names(editor)
-    explained_file = resolve_classifier(classifier).resolve()
-    if str(classifier) in editors or any(resolve_classifier(e).resolve() == explained_file
-                                         for e in editors):
-        raise ValueError("the editor must be another classifier than the one explained (its "
-                         "own gradient would edit whatever it reads, not the cue)")
-    explained, edit_with = _load(classifier, device), _load_editor(editors, device)
+    edit_with = _load_editor(_editor_files(classifier, editors), device)
+    explained = _load(classifier, device)
     check = _load(oracle, device) if oracle else None
     model = load_ldm(ldm, device=device)
-    result = {"classifier": str(classifier), "editor": str(editor), "oracle": oracle and str(oracle),
+    result = {"classifier": str(classifier), "editor": ",".join(editors), "editors": editors,
+              "oracle": oracle and str(oracle),
               "cue": cue, "control": control, "target": target, "data": str(data), "n": n,
               "method": method, "options": options, "split": split,
               "attributes": {}}
@@ -132,6 +146,7 @@ def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str
     write_report(out, result)
     write_json(out / "shortcut.json", result)
     print(format_table(result))
-    for name in ("shortcut.json", "shortcut.png", "report.html"):
-        print(f"  {out / name}")
+    for name in ("shortcut.json", result.get("figure"), "report.html"):
+        if name:
+            print(f"  {out / name}")
     return result

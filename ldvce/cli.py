@@ -711,9 +711,10 @@ def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, 
     faces whose decision flips and the mean change in probability, with bootstrap 95 %
     intervals, per direction, beside the same edits of --control. With --oracle, edits it
     does not confirm are counted apart. Writes OUT/shortcut.json, OUT/shortcut.png,
-    OUT/report.html and one run folder per edit under OUT/edits/. Example (toy world): ldvce shortcut --classifier toy_biased_hat --cue
-    Wearing_Hat --editor toy_resnet,toy_resnet18 --oracle toy_oracle --data
-    .cache/ldvce/data/toy-eval-400-7272 --out runs/shortcut
+    OUT/report.html and one run folder per edit under OUT/edits/. Example (toy world):
+    ldvce shortcut --classifier toy_biased_hat --cue Wearing_Hat --editor
+    toy_resnet,toy_resnet18 --oracle toy_oracle --data .cache/ldvce/data/toy-eval-400-7272
+    --out runs/shortcut
 
     Parameters
     ----------

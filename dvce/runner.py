@@ -23,7 +23,7 @@ from tqdm import tqdm
 from classifier.dataset import CelebHQAttrDataset
 from classifier.images import UnreadableImageError, load_image, save_image, tensor_to_uint8
 from dvce import runfolder as rf
-from dvce.diverse import Candidate, check_method, counterfactual_rounds, ranked
+from dvce.diverse import KEEP_OUT_REL, Candidate, check_method, counterfactual_rounds, ranked
 from dvce.samplers import DEFAULT_METHOD, Problem, check_options, get_sampler, sampler_defaults
 from fileio import atomic_write_bytes, list_image_files
 
@@ -233,12 +233,13 @@ def run(items: list[Item], problem: Problem, out, method: str = DEFAULT_METHOD, 
 def run_settings(method: str, options: dict, settings: dict | None, num_cfs: int) -> dict:
     """What every ``result.json`` of a run records about how it was made (checks ``num_cfs``):
     the ``options`` given and, in ``sampler_options``, every option the sampler ran with (its
-    defaults filled in), so that a run stays reproducible after a default changes."""
+    defaults filled in), so that a run stays reproducible after a default changes; with
+    ``num_cfs`` > 1 also the keep-out rule's :data:`~dvce.diverse.KEEP_OUT_REL`."""
     check_method(method, num_cfs)
     check_options(method, options)
     return {"method": method, "options": options,
             "sampler_options": {**sampler_defaults(method), **options}, **(settings or {}),
-            **({"num_cfs": num_cfs} if num_cfs > 1 else {})}
+            **({"num_cfs": num_cfs, "keep_out_rel": KEEP_OUT_REL} if num_cfs > 1 else {})}
 
 
 def resume_state(items: list[Item], out, settings: dict | None = None
@@ -284,8 +285,8 @@ def kept_records(records: dict[str, dict]) -> dict[str, dict]:
 #: summary read every item of a folder as made the same way. ``sampler_options`` (the options
 #: with the defaults of their time) keeps a run begun before a default changed from being finished
 #: with the new one; older runs, which did not record it, are compared on the rest.
-RUN_IDENTITY = ("method", "num_cfs", "options", "sampler_options", "attribute", "classifier",
-                "ldm", "dtype")
+RUN_IDENTITY = ("method", "num_cfs", "keep_out_rel", "options", "sampler_options", "attribute",
+                "classifier", "ldm", "dtype")
 
 
 def _identity(result: dict) -> dict:

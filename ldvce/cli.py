@@ -323,8 +323,8 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
         With --devices: auto is ddp for more than one process (gloo on CPU, NCCL on GPUs).
     num_cfs : int
         Up to this many different counterfactuals per image (guided, adaptive): each next one
-        must keep the pixels the earlier flipping ones changed most (|Δ| at least half its
-        peak), so it flips the decision elsewhere; ranked by L1, rank 1 in the image's folder,
+        must keep the pixels the earlier flipping ones changed most (|Δ| at least 0.7 of its
+        peak, dvce.diverse.KEEP_OUT_REL), so it flips the decision elsewhere; ranked by L1, rank 1 in the image's folder,
         rank r in cf<r>/.
         `ldvce evaluate` then reports every rank and their diversity.
     dtype : str

@@ -116,6 +116,29 @@ def test_rounds_keep_each_next_counterfactual_out_of_the_earlier_changes(problem
     assert diverse.ranked(nothing, x[0]) == nothing[:1]  # none flips: the first one made
 
 
+def test_the_next_round_keeps_out_the_core_of_a_change_not_its_faint_fringe(problem):
+    """One change, strong in the top-left quadrant and fainter (just under KEEP_OUT_REL of the
+    peak) in the top-right: the next round keeps out the top-left only, so it may edit the
+    fringe again; a change at KEEP_OUT_REL of the peak or more is kept out."""
+    x = _images(1)
+    rel = diverse.KEEP_OUT_REL
+    calls = []
+
+    def graded(problem, x, target, *, callback=None, keep_out=None):
+        calls.append(keep_out)
+        cf = x.clone()
+        cf[:, :, :32, :32] += 0.5
+        cf[:, :, :32, 32:] += 0.5 * (rel - 0.05)
+        cf[:, :, 32:, :32] += 0.5 * (rel + 0.05)
+        return S.CFBatch(cf, x.clone(), torch.ones(len(x), dtype=torch.bool),
+                         torch.ones(len(x), dtype=torch.long), [None] * len(x), info={})
+
+    diverse.counterfactual_rounds(problem, x, torch.ones(1), graded, {}, num_cfs=2)
+    keep = calls[1][0, 0]
+    assert bool((keep[:32, :32] == 1).all()) and bool((keep[32:, :32] == 1).all())
+    assert float(keep[:32, 32:].max()) == 0 and float(keep[32:, 32:].max()) == 0
+
+
 def test_num_cfs_needs_a_sampler_that_keeps_regions():
     diverse.check_method("guided", 3)
     diverse.check_method("dime", 1)

@@ -145,6 +145,13 @@ def test_a_resumed_run_must_be_made_the_same_way(tmp_path, monkeypatch):
                                              r".*sampler_options=.*'margin': 1.0"):
             runner.run(items, problem, tmp_path, method="guided", target=1, progress=False,
                        options=opts, settings=made)
+    # sets of several counterfactuals record the keep-out rule's threshold: one begun with
+    # another refuses to be finished with this one (made by hand: what the runner compares)
+    several = runner.run_settings("guided", opts, made, num_cfs=3)
+    assert several["keep_out_rel"] == runner.KEEP_OUT_REL and several["num_cfs"] == 3
+    assert "keep_out_rel" not in runner.run_settings("guided", opts, made, num_cfs=1)
+    with pytest.raises(ValueError, match=r"keep_out_rel=0.5 .*asks for keep_out_rel=0.7"):
+        runner.check_same_run(tmp_path, several, {"img9": {**several, "keep_out_rel": 0.5}})
     with pytest.raises(ValueError, match="'img0' occur more than once"):
         runner.run(items + items[:1], problem, tmp_path, method="guided", progress=False,
                    options=opts, settings=made)

@@ -331,7 +331,8 @@ def test_adaptive_starts_low_raises_the_noise_only_for_faces_that_need_it(proble
     strict = get_sampler("adaptive")(problem, x, t, margin=1e6, **opts)
     assert strict.info["attempts"] == [3, 3] and strict.info["robust"] == [False, False]
     # a repeated level is one more attempt there (the default tries 900 twice)
-    again = get_sampler("adaptive")(problem, x, t, margin=1e6, **{**opts, "levels": (100, 200, 200)})
+    again = get_sampler("adaptive")(problem, x, t, margin=1e6,
+                                    **{**opts, "levels": (100, 200, 200)})
     assert again.info["attempts"] == [3, 3] and again.info["t_start"] == [200, 200]
     with pytest.raises(ValueError, match="evidence_from"):
         get_sampler("adaptive")(problem, x, t, evidence_from="nope", **opts)

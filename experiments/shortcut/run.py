@@ -115,11 +115,12 @@ def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str
             raise ValueError(f"the {role} must be another attribute than the target {target}: "
                              "editing the target itself measures nothing about a shortcut")
     editors = editor_names(editor)
+    editor_label = ",".join(editors)  # in shortcut.json and as the edits' classifier
     edit_with = _load_editor(_editor_files(classifier, editors), device)
     explained = _load(classifier, device)
     check = _load(oracle, device) if oracle else None
     model = load_ldm(ldm, device=device)
-    result = {"classifier": str(classifier), "editor": ",".join(editors), "editors": editors,
+    result = {"classifier": str(classifier), "editor": editor_label, "editors": editors,
               "oracle": oracle and str(oracle),
               "cue": cue, "control": control, "target": target, "data": str(data), "n": n,
               "method": method, "options": options, "split": split,
@@ -130,7 +131,7 @@ def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str
         for direction in DIRECTIONS:
             run = Path("edits") / f"{attr}-{direction}"
             edit_faces(out / run, edit_with, model, data, faces[direction], attr, direction,
-                       method, options, batch_size, progress, editor_name=",".join(editors))
+                       method, options, batch_size, progress, editor_name=editor_label)
             scored = score_edits(out / run, faces[direction], explained, target, direction,
                                  attr, check)
             used = [i for i, u in enumerate(scored["used"]) if u]

@@ -23,8 +23,10 @@ from tqdm import tqdm
 from classifier.dataset import CelebHQAttrDataset
 from classifier.images import UnreadableImageError, load_image, save_image, tensor_to_uint8
 from dvce import runfolder as rf
-from dvce.diverse import KEEP_OUT_REL, Candidate, check_method, counterfactual_rounds, ranked
-from dvce.samplers import DEFAULT_METHOD, Problem, check_options, get_sampler, sampler_defaults
+from dvce.diverse import (KEEP_OUT_REL, MAX_L1_RATIO, Candidate, check_method,
+                          counterfactual_rounds, ranked)
+from dvce.samplers import (DEFAULT_METHOD, DIVERSE, Problem, check_options, get_sampler,
+                           sampler_defaults)
 from fileio import atomic_write_bytes, list_image_files
 
 STATUSES = rf.STATUSES
@@ -234,12 +236,15 @@ def run_settings(method: str, options: dict, settings: dict | None, num_cfs: int
     """What every ``result.json`` of a run records about how it was made (checks ``num_cfs``):
     the ``options`` given and, in ``sampler_options``, every option the sampler ran with (its
     defaults filled in), so that a run stays reproducible after a default changes; with
-    ``num_cfs`` > 1 also the keep-out rule's :data:`~dvce.diverse.KEEP_OUT_REL`."""
+    ``num_cfs`` > 1 also the rule of :mod:`dvce.diverse`: its :data:`~dvce.diverse.KEEP_OUT_REL`,
+    the later rounds' options (``later_options``) and :data:`~dvce.diverse.MAX_L1_RATIO`."""
     check_method(method, num_cfs)
     check_options(method, options)
     return {"method": method, "options": options,
             "sampler_options": {**sampler_defaults(method), **options}, **(settings or {}),
-            **({"num_cfs": num_cfs, "keep_out_rel": KEEP_OUT_REL} if num_cfs > 1 else {})}
+            **({"num_cfs": num_cfs, "keep_out_rel": KEEP_OUT_REL,
+                "later_options": DIVERSE[method], "max_l1_ratio": MAX_L1_RATIO}
+               if num_cfs > 1 else {})}
 
 
 def resume_state(items: list[Item], out, settings: dict | None = None
@@ -285,8 +290,8 @@ def kept_records(records: dict[str, dict]) -> dict[str, dict]:
 #: summary read every item of a folder as made the same way. ``sampler_options`` (the options
 #: with the defaults of their time) keeps a run begun before a default changed from being finished
 #: with the new one; older runs, which did not record it, are compared on the rest.
-RUN_IDENTITY = ("method", "num_cfs", "keep_out_rel", "options", "sampler_options", "attribute",
-                "classifier", "ldm", "dtype")
+RUN_IDENTITY = ("method", "num_cfs", "keep_out_rel", "later_options", "max_l1_ratio", "options",
+                "sampler_options", "attribute", "classifier", "ldm", "dtype")
 
 
 def _identity(result: dict) -> dict:
@@ -339,7 +344,8 @@ def generate_batch(batch: list[Item], problem: Problem, out: Path, sampler, targ
         logit = problem.logit(x.to(problem.ldm.device))
     tgt = (logit.cpu() <= 0).float() if target == "auto" else torch.full((len(x),), float(target))
     t0 = time.perf_counter()
-    made = counterfactual_rounds(problem, x, tgt, sampler, options, num_cfs)
+    made = counterfactual_rounds(problem, x, tgt, sampler, options, num_cfs,
+                                 settings.get("later_options"))
     secs = (time.perf_counter() - t0) / len(x)
     for i, it in enumerate(ok_items):
         keep = ranked(made[i], x[i])

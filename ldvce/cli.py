@@ -324,8 +324,10 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     num_cfs : int
         Up to this many different counterfactuals per image (guided, adaptive): each next one
         must keep the pixels the earlier flipping ones changed most (|Δ| at least 0.7 of its
-        peak, dvce.diverse.KEEP_OUT_REL), so it flips the decision elsewhere; ranked by L1,
-        rank 1 in the image's folder, rank r in cf<r>/.
+        peak, dvce.diverse.KEEP_OUT_REL), so it flips the decision elsewhere (adaptive's
+        later ones edit anywhere else, without an evidence region); ranked by L1, rank 1 in
+        the image's folder, rank r in cf<r>/; one with more than 4× rank 1's L1 (a repaint,
+        dvce.diverse.MAX_L1_RATIO) is dropped.
         `ldvce evaluate` then reports every rank and their diversity.
     dtype : str
         Precision of the LDM and the classifier: bf16 where the hardware computes it natively

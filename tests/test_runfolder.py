@@ -150,6 +150,13 @@ def test_a_resumed_run_must_be_made_the_same_way(tmp_path, monkeypatch):
     several = runner.run_settings("guided", opts, made, num_cfs=3)
     assert several["keep_out_rel"] == runner.KEEP_OUT_REL and several["num_cfs"] == 3
     assert "keep_out_rel" not in runner.run_settings("guided", opts, made, num_cfs=1)
+    # ... and the later rounds' options and the size cap of dvce.diverse
+    assert several["later_options"] == {} and several["max_l1_ratio"] == runner.MAX_L1_RATIO
+    assert runner.run_settings("adaptive", {}, made, num_cfs=3)["later_options"] == \
+        {"region": False}
+    with pytest.raises(ValueError, match=r"later_options=\{'region': True\}"):
+        runner.check_same_run(tmp_path, several,
+                              {"img9": {**several, "later_options": {"region": True}}})
     with pytest.raises(ValueError, match=r"keep_out_rel=0.5 .*asks for keep_out_rel=0.7"):
         runner.check_same_run(tmp_path, several, {"img9": {**several, "keep_out_rel": 0.5}})
     with pytest.raises(ValueError, match="'img0' occur more than once"):

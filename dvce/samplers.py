@@ -1096,7 +1096,7 @@ SAMPLERS: dict[str, Callable[..., CFBatch]] = {"seed": seed_ldvce, "guided": gui
 #: options their later rounds run with (:mod:`dvce.diverse`): ``adaptive``'s edit anywhere
 #: outside ``keep_out``, since its evidence region would point back at the cue kept out (with
 #: the region, sets of three on the hat-biased toy classifier held a hat-most counterfactual
-#: on 0.79–0.88 of the faces of three seeds; docs/results.md).
+#: on 0.79–0.88 of the faces of three seeds, without it on 0.96 of each; docs/results.md).
 DIVERSE: dict[str, dict] = {"guided": {}, "adaptive": {"region": False}}
 
 

@@ -296,9 +296,13 @@ RUN_IDENTITY = ("method", "num_cfs", "keep_out_rel", "later_options", "max_l1_ra
 
 def _identity(result: dict) -> dict:
     """The :data:`RUN_IDENTITY` of a ``result.json`` or of :func:`run_settings`, JSON-normalised
-    (tuples as lists); keys an older run did not record are left out."""
+    (tuples as lists); keys an older run did not record are left out, except the
+    :mod:`dvce.diverse` rule of a set, which is then the one before it was recorded."""
     have = {k: result[k] for k in RUN_IDENTITY if result.get(k) is not None}
     have.setdefault("num_cfs", 1)
+    if have["num_cfs"] > 1:  # sets made before 2026-12-07: later rounds as the first, no cap
+        have.setdefault("later_options", {})
+        have.setdefault("max_l1_ratio", "none")
     return json.loads(json.dumps(have, default=str))
 
 

@@ -157,6 +157,10 @@ def test_a_resumed_run_must_be_made_the_same_way(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"later_options=\{'region': True\}"):
         runner.check_same_run(tmp_path, several,
                               {"img9": {**several, "later_options": {"region": True}}})
+    # a set made before the rule was recorded had no size cap: not finished with one
+    older = {k: v for k, v in several.items() if k not in ("later_options", "max_l1_ratio")}
+    with pytest.raises(ValueError, match=r"max_l1_ratio=none .*asks for .*max_l1_ratio=4.0"):
+        runner.check_same_run(tmp_path, several, {"img9": older})
     with pytest.raises(ValueError, match=r"keep_out_rel=0.5 .*asks for keep_out_rel=0.7"):
         runner.check_same_run(tmp_path, several, {"img9": {**several, "keep_out_rel": 0.5}})
     with pytest.raises(ValueError, match="'img0' occur more than once"):

@@ -1,5 +1,6 @@
 """Several counterfactuals per face (``--num-cfs``): the change mask and IoU by hand, the
 keep-out rule of the samplers and of the rounds, ranking, the run folder and ``evaluate``."""
+import json
 import shutil
 
 import numpy as np
@@ -150,6 +151,25 @@ def test_later_rounds_get_the_later_options_and_the_first_does_not(problem):
     # round 1: its keep_out (None) only; rounds 2 and 3: their keep_out, then the options
     assert calls[0] is None and calls[2] == {"region": False} and calls[4] == {"region": False}
     assert len(calls) == 5 and torch.is_tensor(calls[1]) and torch.is_tensor(calls[3])
+
+
+def test_the_runner_hands_the_recorded_later_options_to_the_later_rounds(problem, tmp_path,
+                                                                         monkeypatch):
+    seen = []
+
+    def recording(problem, x, target, *, callback=None, keep_out=None, **later):
+        seen.append(later)
+        return quadrant_sampler(problem, x, target, callback=callback, keep_out=keep_out)
+
+    monkeypatch.setitem(S.SAMPLERS, "recording", recording)
+    for module in (diverse, runner):
+        monkeypatch.setattr(module, "DIVERSE", {"recording": {"marker": 1}})
+    items = [runner.Item("0", lambda: _images(1)[0], {"index": 0})]
+    runner.run(items, problem, tmp_path / "run", method="recording", target=1, num_cfs=3,
+               progress=False)
+    assert seen == [{}, {"marker": 1}, {"marker": 1}]
+    made = json.loads((tmp_path / "run" / "0" / "result.json").read_text())
+    assert made["later_options"] == {"marker": 1} and made["max_l1_ratio"] == 4.0
 
 
 def test_a_counterfactual_far_larger_than_the_smallest_is_not_kept():

@@ -25,6 +25,8 @@ def test_notebooks_are_stored_without_outputs():
     for p in NOTEBOOKS.glob("*.ipynb"):
         nb = nbformat.read(p, as_version=4)
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), p.name
+        # nbformat 4.5 cells carry an id; one without is a warning now, an error later
+        assert all(c.get("id") for c in nb.cells), f"{p.name}: a cell has no id"
 
 
 @pytest.mark.integration

@@ -19,7 +19,7 @@ from benchmarks.gpu import bench_generate_gpu
 from benchmarks.protocol import bench_protocol_toy, print_protocol
 from classifier.attributes import attribute_index
 from classifier.devices import resolve_device
-from dvce.ldm import load_ldm, torch_dtype
+from dvce.ldm import load_ldm, slow_precision_warning, torch_dtype
 from dvce.metrics import localization
 from dvce.samplers import DEFAULT_METHOD, Problem, get_sampler
 
@@ -75,7 +75,8 @@ def bench_generate_toy(n: int = TOY_FACES, device="cpu", seed_n: int | None = No
             methods[f"{cfg['method']} bf16"] = {**row, "dtype": "bf16"}
     return {"world": "toyfaces", "device": str(device), "rows": rows, "seed_faithful": seed,
             "default_method": DEFAULT_METHOD, "methods": methods,
-            "speedup": {m: r["images_per_s"] / seed["images_per_s"] for m, r in methods.items()}}
+            "speedup": {m: r["images_per_s"] / seed["images_per_s"] for m, r in methods.items()},
+            "precision_warning": slow_precision_warning(dtype, device)}
 
 
 def print_generate(r: dict) -> None:
@@ -89,6 +90,8 @@ def print_generate(r: dict) -> None:
         print(f"{name:<28}{row['images']:>7}{row['images_per_s']:>9.3f}{row['flip_rate']:>7.2f}"
               f"{row['mean_l1']:>8.4f}{row['localization']:>7.2f}{speedup:>8.1f}x")
     print("speedup: images per second relative to the seed-faithful run")
+    if r.get("precision_warning"):
+        print(f"warning: {r['precision_warning']}")
 
 
 

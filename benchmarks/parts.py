@@ -25,7 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from classifier.models import ResNetClassifier
 from dvce.diffusion import decode, predict_eps
 from dvce.distill import save_grad_decoder, small_decoder_for
-from dvce.ldm import COMPVIS_UNET_CONFIG, COMPVIS_VQ_CONFIG, build_random_ldm, torch_dtype
+from dvce.ldm import (COMPVIS_UNET_CONFIG, COMPVIS_VQ_CONFIG, build_random_ldm,
+                      slow_precision_warning, torch_dtype)
 from dvce.samplers import Problem, _classifier_loss, get_sampler
 
 
@@ -111,7 +112,8 @@ def bench_parts(n: int = 1, device: str = "cpu", dtype: str = "fp32", views: int
            "seconds": parts, "step_seconds": steps,
            "step_speedup": steps["full"] / steps["distilled"],
            "step_tflop": {k: v / 1e12 for k, v in flops.items()},
-           "achieved_tflops": {k: flops[k] / steps[k] / 1e12 for k in steps}}
+           "achieved_tflops": {k: flops[k] / steps[k] / 1e12 for k in steps},
+           "precision_warning": slow_precision_warning(dtype, dev)}
     if peak_tflops:
         out["mfu"] = {k: v / peak_tflops for k, v in out["achieved_tflops"].items()}
     if memory:
@@ -157,3 +159,5 @@ def print_parts(r: dict) -> None:
         c = r["counterfactuals_per_second"]
         print(f"  counterfactuals per second (guided, one pass): full {c['full']:.2f}, "
               f"distilled {c['distilled']:.2f}")
+    if r.get("precision_warning"):
+        print(f"  warning: {r['precision_warning']}")

@@ -177,6 +177,35 @@ def torch_dtype(name: str):
     return dtypes[name]
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's bf16 path: AMX or AVX512-BF16)."""
+    import torch
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def slow_precision_warning(name: str, device) -> str | None:
+    """Why ``name`` will run slower than float32 on ``device``, or None when it should not.
+
+    bfloat16 pays only where the hardware computes it natively: CUDA GPUs that support it, and
+    CPUs with AMX or AVX512-BF16 (oneDNN's bf16 path). Elsewhere PyTorch emulates it, and the
+    toy samplers ran 7-24x *slower* in bf16 than in fp32 on a 2-core AVX2 EPYC
+    (docs/benchmarks.md)."""
+    if name != "bf16":
+        return None
+    import torch
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return (f"{torch.cuda.get_device_name(dev)} has no native bfloat16: --dtype bf16 "
+                    f"runs slower than fp32 there")
+        return None
+    if dev.type == "cpu" and not native_bf16_cpu():
+        return (f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 "
+                f"(AMX or AVX512-BF16): --dtype bf16 is emulated and runs several times slower "
+                f"than fp32 here")
+    return None
+
+
 def load_ldm(source: str | os.PathLike = COMPVIS_ID, device="cpu", dtype=None) -> LDM:
     """Load a latent diffusion model.
 

@@ -333,8 +333,9 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
         Precision of the LDM and the classifier: bf16 where the hardware computes it natively
         (GPUs; CPUs with AMX or AVX512-BF16): measured 1.3-1.5x faster on the toy world and
         2.9x per guided step of the CompVis architecture on such a CPU, at a slightly larger
-        change (docs/benchmarks.md). The DDIM arithmetic stays in float32; images are written
-        as usual.
+        change (docs/benchmarks.md). Elsewhere (e.g. AVX2-only CPUs) bf16 is emulated and
+        several times slower than fp32: a warning says so. The DDIM arithmetic stays in
+        float32; images are written as usual.
     """
     from dvce import runner
     from dvce.samplers import DEFAULT_METHOD
@@ -395,9 +396,12 @@ def _problem(ldm: str, classifier: str, attribute: str, device, dtype: str = "fp
     from classifier.attributes import attribute_index
     from classifier.models import load_classifier
     from classifier.registry import resolve_classifier
-    from dvce.ldm import load_ldm, torch_dtype
+    from dvce.ldm import load_ldm, slow_precision_warning, torch_dtype
     from dvce.samplers import Problem
     precision = torch_dtype(dtype)
+    slow = slow_precision_warning(dtype, device)
+    if slow:
+        print(f"warning: {slow}")
     # the cheap checks first: nothing loads before a misspelt attribute or path is named (main()
     # reports the errors)
     index = attribute_index(attribute)

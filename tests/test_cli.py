@@ -158,3 +158,22 @@ def test_input_errors_are_one_line_unless_a_traceback_is_asked_for(tmp_path, mon
     monkeypatch.setenv("LDVCE_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError):
         main(args)
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_is_announced_as_slow(monkeypatch, capsys):
+    """bf16 is emulated (several times slower) on CPUs without AMX or AVX512-BF16: ``ldvce
+    generate --dtype bf16`` says so before it starts; fp32, or a CPU that has it, says nothing."""
+    import torch
+    import dvce.ldm
+    from dvce.ldm import slow_precision_warning
+    from ldvce.cli import _problem
+    cpu = torch.device("cpu")
+    assert slow_precision_warning("fp32", cpu) is None
+    monkeypatch.setattr(dvce.ldm, "native_bf16_cpu", lambda: True)
+    assert slow_precision_warning("bf16", cpu) is None
+    monkeypatch.setattr(dvce.ldm, "native_bf16_cpu", lambda: False)
+    assert "no native bfloat16" in slow_precision_warning("bf16", cpu)
+    _problem("toy", "toy_resnet", "Smiling", cpu, "bf16")
+    assert "warning: this CPU" in capsys.readouterr().out
+    _problem("toy", "toy_resnet", "Smiling", cpu, "fp32")
+    assert "warning" not in capsys.readouterr().out

@@ -222,15 +222,18 @@ def test_bench_generate_toy_adds_bf16_rows_measured_against_the_same_seed_run():
     judged by the float32 classifier, its speed-up against the one seed-faithful run."""
     from benchmarks.generate import bench_generate_toy, print_generate
     from dvce.samplers import DEFAULT_METHOD, SAMPLERS
-    r = bench_generate_toy(n=2, seed_n=1, dtype="bf16")
+    # one face: on a CPU without native bf16 (AVX2) its rows take 7-24x the fp32 time
+    r = bench_generate_toy(n=1, seed_n=1, dtype="bf16")
     plain = [m for m in SAMPLERS if m != "seed"]
     assert set(r["methods"]) == set(plain) | {f"{m} bf16" for m in plain}
     assert r["default_method"] == DEFAULT_METHOD
     for m, row in r["methods"].items():
-        assert row["images"] == 2 and 0 <= row["flip_rate"] <= 1 and row["mean_l1"] > 0
+        assert row["images"] == 1 and 0 <= row["flip_rate"] <= 1 and row["mean_l1"] > 0
         assert r["speedup"][m] == pytest.approx(row["images_per_s"]
                                                 / r["seed_faithful"]["images_per_s"])
         assert (row.get("dtype") == "bf16") == m.endswith(" bf16")
+    from dvce.ldm import native_bf16_cpu
+    assert (r["precision_warning"] is None) == native_bf16_cpu()
     print_generate(r)
 
 

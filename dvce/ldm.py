@@ -187,9 +187,9 @@ def slow_precision_warning(name: str, device) -> str | None:
     """Why ``name`` will run slower than float32 on ``device``, or None when it should not.
 
     bfloat16 pays only where the hardware computes it natively: CUDA GPUs that support it, and
-    CPUs with AMX or AVX512-BF16 (oneDNN's bf16 path). Elsewhere PyTorch emulates it, and the
-    toy samplers ran 7-24x *slower* in bf16 than in fp32 on a 2-core AVX2 EPYC
-    (docs/benchmarks.md)."""
+    CPUs with AMX or AVX512-BF16 (oneDNN's bf16 path). Elsewhere PyTorch emulates it: on a
+    2-core AVX2 EPYC the toy samplers ran 10-21x *slower* in bf16 than in fp32
+    (``ldvce bench generate --n 8 --dtype bf16``, docs/benchmarks.md)."""
     if name != "bf16":
         return None
     import torch

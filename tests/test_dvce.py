@@ -222,7 +222,7 @@ def test_bench_generate_toy_adds_bf16_rows_measured_against_the_same_seed_run():
     judged by the float32 classifier, its speed-up against the one seed-faithful run."""
     from benchmarks.generate import bench_generate_toy, print_generate
     from dvce.samplers import DEFAULT_METHOD, SAMPLERS
-    # one face: on a CPU without native bf16 (AVX2) its rows take 7-24x the fp32 time
+    # one face: on a CPU without native bf16 (AVX2) its rows take 10-21x the fp32 time
     r = bench_generate_toy(n=1, seed_n=1, dtype="bf16")
     plain = [m for m in SAMPLERS if m != "seed"]
     assert set(r["methods"]) == set(plain) | {f"{m} bf16" for m in plain}

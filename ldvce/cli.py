@@ -359,7 +359,8 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     if lmdb and not source.exists():
         raise SystemExit(f"ldvce generate: --lmdb not found: {source}")
     # with --devices each process moves its own copy from the CPU
-    problem = _problem(ldm, classifier, attribute, _device("cpu" if several else device), dtype)
+    problem = _problem(ldm, classifier, attribute, _device("cpu" if several else device), dtype,
+                       runs_on=_device("cpu" if accelerator == "cpu" else "auto") if several else None)
     size = problem.ldm.image_size
     if images:
         items = runner.folder_items(images, size)
@@ -390,16 +391,18 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
     return summary
 
 
-def _problem(ldm: str, classifier: str, attribute: str, device, dtype: str = "fp32"):
+def _problem(ldm: str, classifier: str, attribute: str, device, dtype: str = "fp32",
+             runs_on=None):
     """The LDM and the classifier on ``device`` in ``dtype`` (fp32, bf16), as a sampler's
-    ``Problem``."""
+    ``Problem``; warns when ``dtype`` is emulated where the work ``runs_on`` (default:
+    ``device``; the processes of ``--devices`` move their copies to their own devices)."""
     from classifier.attributes import attribute_index
     from classifier.models import load_classifier
     from classifier.registry import resolve_classifier
     from dvce.ldm import load_ldm, slow_precision_warning, torch_dtype
     from dvce.samplers import Problem
     precision = torch_dtype(dtype)
-    slow = slow_precision_warning(dtype, device)
+    slow = slow_precision_warning(dtype, runs_on or device)
     if slow:
         print(f"warning: {slow}")
     # the cheap checks first: nothing loads before a misspelt attribute or path is named (main()

@@ -177,3 +177,6 @@ def test_bf16_on_a_cpu_without_native_bfloat16_is_announced_as_slow(monkeypatch,
     assert "warning: this CPU" in capsys.readouterr().out
     _problem("toy", "toy_resnet", "Smiling", cpu, "fp32")
     assert "warning" not in capsys.readouterr().out
+    # --devices: loaded on the CPU, run by processes on GPUs (none here: nothing to warn about)
+    _problem("toy", "toy_resnet", "Smiling", cpu, "bf16", runs_on=torch.device("cuda"))
+    assert "warning" not in capsys.readouterr().out

@@ -180,7 +180,10 @@ def torch_dtype(name: str):
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bfloat16 natively (oneDNN's bf16 path: AMX or AVX512-BF16)."""
     import torch
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no native path either
+        return False
 
 
 def slow_precision_warning(name: str, device) -> str | None:

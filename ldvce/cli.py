@@ -358,9 +358,10 @@ def generate(*, images: str | None = None, lmdb: str | None = None,
                          f"{'is a file' if source.exists() else 'was not found'}")
     if lmdb and not source.exists():
         raise SystemExit(f"ldvce generate: --lmdb not found: {source}")
-    # with --devices each process moves its own copy from the CPU
+    # with --devices each process moves its own copy from the CPU to its accelerator
+    runs_on = _device("cpu" if accelerator == "cpu" else "auto") if several else None
     problem = _problem(ldm, classifier, attribute, _device("cpu" if several else device), dtype,
-                       runs_on=_device("cpu" if accelerator == "cpu" else "auto") if several else None)
+                       runs_on=runs_on)
     size = problem.ldm.image_size
     if images:
         items = runner.folder_items(images, size)

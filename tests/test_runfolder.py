@@ -212,3 +212,28 @@ def test_evaluate_says_when_a_run_is_incomplete_or_an_item_unreadable(run_dir, t
         main(["evaluate", str(run), "--masks", str(toy_unseen)])
     with pytest.raises(SystemExit, match="no finished counterfactuals"):
         main(["evaluate", str(tmp_path / "nothing")])
+
+
+def test_evaluate_draws_the_flips_the_oracle_does_not_confirm(run_dir, tmp_path, capsys):
+    import shutil
+    from experiments.disagreements import FIGURE, disagreement_figure, disagreements
+    from ldvce.cli import main
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    main(["evaluate", str(run), "--oracle", "toy_oracle"])
+    m = json.loads((run / runfolder.METRICS).read_text())
+    # whatever the oracle says of these random images, the figure shows exactly its refusals
+    assert (run / FIGURE).is_file() == bool(disagreements(m))
+    assert ("does not confirm" in capsys.readouterr().out) == bool(disagreements(m))
+    per = m["per_image"]
+    for k, image_id in enumerate(per):  # two flips the oracle refuses, one it confirms
+        per[image_id].update(flipped=1.0, oracle_flipped=float(k == 2),
+                             oracle_changed=["Mustache"] if k == 0 else [])
+    assert disagreements(m) == ["img0", "img1"]
+    two = disagreement_figure(run, m)
+    assert two == run / FIGURE
+    tall = Image.open(two).size[1]
+    per["img1"]["oracle_flipped"] = 1.0
+    assert Image.open(disagreement_figure(run, m)).size[1] < tall  # one row fewer
+    per["img0"]["flipped"] = 0.0  # a counterfactual that did not flip is no disagreement
+    assert disagreement_figure(run, m) is None and not (run / FIGURE).exists()  # none stale

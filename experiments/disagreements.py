@@ -30,9 +30,14 @@ def disagreements(metrics: dict) -> list[str]:
     return sorted(ids, key=runfolder.natural_key)
 
 
-def _rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+def _rgb(path: Path) -> np.ndarray | None:
+    """The image as RGB, or None when it is missing or unreadable (the change map is not read by
+    the metrics, so it may be the one file of an item that is broken)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError):
+        return None
 
 
 def _label(image_id: str, result: dict, changed: list[str]) -> str:
@@ -60,8 +65,8 @@ def disagreement_figure(run_dir, metrics: dict, path=None,
             continue
         files = [item.original, item.counterfactual, item.diff]
         changed = metrics["per_image"][image_id].get("oracle_changed") or []
-        rows.append((_label(image_id, item.result, changed),
-                     [_rgb(f) for f in files if f.is_file()]))
+        images = [im for im in map(_rgb, files) if im is not None]
+        rows.append((_label(image_id, item.result, changed), images))
     attribute = metrics.get("attribute", "the target")
     title = (f"{len(ids)} of {metrics.get('n', '?')} flips the oracle does not see as "
              f"{attribute}" + (f" (first {len(rows)})" if len(ids) > len(rows) else "")

@@ -234,6 +234,7 @@ def test_evaluate_draws_the_flips_the_oracle_does_not_confirm(run_dir, tmp_path,
     assert two == run / FIGURE
     tall = Image.open(two).size[1]
     per["img1"]["oracle_flipped"] = 1.0
+    (run / "img0" / "diff.png").write_bytes(b"not a png")  # drawn without it
     assert Image.open(disagreement_figure(run, m)).size[1] < tall  # one row fewer
     per["img0"]["flipped"] = 0.0  # a counterfactual that did not flip is no disagreement
     assert disagreement_figure(run, m) is None and not (run / FIGURE).exists()  # none stale

@@ -10,7 +10,8 @@ not smiling, write their counterfactuals into a run folder with the sampler and 
 
 The returned (and printed) row: flip rate, oracle agreement (share of counterfactuals whose
 Smiling decision the oracle sees flip), localisation, MNAC, L1, seconds per image, and the
-sampler's per-face choices (attempts, noise levels) as counts. The Clever-Hans pair is
+sampler's per-face choices (attempts, noise levels) as counts. The run folder also gets
+``oracle_disagreements.png``, the flips the oracle does not confirm. The Clever-Hans pair is
 ``ldvce demo --spurious --data-seed S --n N``.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dvce.ldm import load_ldm, torch_dtype
 from dvce.metrics import evaluate_run, write_metrics
 from dvce.samplers import DEFAULT_METHOD, Problem
 from experiments.clever_hans.run import run_experiment
+from experiments.disagreements import disagreement_figure
 from toyfaces.world import toy_classifier, toy_data
 
 WORLD_SIZE = 400  # faces rendered per unseen seed; about half are not smiling
@@ -77,6 +79,7 @@ def evaluate_sampler(classifier: str = "toy_resnet", seed: int = 7272, n: int = 
                          attribute="Smiling",
                          oracle_attributes=[attribute_index(a) for a in toyfaces.MODELLED])
     write_metrics(run_dir, m)
+    disagreement_figure(run_dir, m)  # the flips the oracle does not confirm, to look at
     return {"classifier": str(classifier), "seed": seed, "n": m["n"], "method": method,
             "dtype": dtype,
             "options": dict(options or {}), "flip": m["flip_rate"],

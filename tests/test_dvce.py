@@ -527,3 +527,19 @@ def test_adaptive_refuses_options_off_their_range(problem):
                        ({"levels": (1500,)}, "t_start .* must be in 0..999")):
         with pytest.raises(ValueError, match=says):
             get_sampler("adaptive")(problem, x, torch.ones(1), **opts)
+
+
+def test_smile_boundary_sweeps_the_answer_key_and_finds_each_classifiers_boundary(toy_unseen):
+    """benchmarks/smile_boundary.py on 16 faces of an unseen toy world: the oracle calls clear
+    frowns not smiling and clear smiles smiling, so its boundary lies between them; a margin no
+    logit reaches is reported as not reached."""
+    from benchmarks.smile_boundary import format_table, smile_boundary
+    r = smile_boundary(toy_unseen, n=16, classifiers=["toy_oracle"], grid=(-0.4, -0.2, 0.0, 0.2, 0.4))
+    o = r["classifiers"]["toy_oracle"]
+    assert r["n"] == 16 and len(o["called_smiling"]) == 5
+    assert o["called_smiling"][0] <= 0.1 and o["called_smiling"][-1] >= 0.9
+    assert -0.2 < o["boundary"] < 0.2 and o["frowns_called_smiling"] <= 0.1
+    assert o["median_logit"] == sorted(o["median_logit"])  # a drawn smile raises the logit
+    assert smile_boundary(toy_unseen, n=4, classifiers=["toy_oracle"], grid=(-0.4, 0.4),
+                          margin=1e6)["classifiers"]["toy_oracle"]["margin_reached_at"] is None
+    assert "boundary (half called smiling)" in format_table(r)

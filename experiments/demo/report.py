@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from dvce import runfolder
+from experiments.disagreements import FIGURE as disagreement_file
 from fileio import to_jsonable
 from fileio.report import Report
 
@@ -27,6 +28,10 @@ def write_report(out: Path, summary: dict, metrics: dict, study: dict, crp: dict
     doc.image(out / "overview.png", "overview.png", width=1100, embed=True)
     doc.heading("Counterfactual metrics")
     doc.key_values({k: v for k, v in metrics.items() if k != "per_image"})
+    unconfirmed = run / disagreement_file
+    if unconfirmed.is_file():
+        doc.heading("Flips the oracle does not confirm")
+        doc.image(unconfirmed, unconfirmed.name, width=700, embed=True)
     doc.heading("Per image (original, counterfactual, |difference|, sequence)")
     for item in runfolder.list_items(run):
         if item.image_id not in per_image:
@@ -36,8 +41,11 @@ def write_report(out: Path, summary: dict, metrics: dict, study: dict, crp: dict
             doc.heading(f"image {item.image_id}", 4)
             for path in (item.original, item.counterfactual, item.diff, item.folder / runfolder.GIF):
                 doc.image(path, path.name, width=128, embed=True)
+            oracle = per_image[item.image_id].get("oracle_flipped")
+            seen = "" if oracle is None else f", oracle confirms: {bool(oracle)}"
             doc.paragraph(f"p(smiling) {r['prob_before']:.2f} → {r['prob_after']:.2f}, "
-                          f"flipped: {r['flipped']}, L1 {r['l1']:.3f}, switch frame {r['switch_frame']}")
+                          f"flipped: {r['flipped']}{seen}, L1 {r['l1']:.3f}, "
+                          f"switch frame {r['switch_frame']}")
     doc.heading("Concept relevance (CRP)")
     doc.preformatted(json.dumps(to_jsonable(crp), indent=1)[:4000])
     for p in sorted((out / "crp").glob("**/*.png"))[:6]:

@@ -22,6 +22,7 @@ from dvce import runner
 from dvce.ldm import load_ldm
 from dvce.metrics import evaluate_run, write_metrics
 from dvce.samplers import DEFAULT_METHOD, Problem
+from experiments.disagreements import disagreement_figure
 from experiments.config import load_config
 from experiments.demo.report import write_report
 from experiments.demo.scoring import (ATTRIBUTE, classifier_accuracy, relevance_mass,
@@ -95,6 +96,7 @@ def run_demo(out="runs/demo", quick: bool = False, n_images: int | None = None,
     metrics = evaluate_run(run_dir, oracle=oracle, masks=masks, attribute=ATTRIBUTE,
                            oracle_attributes=[attribute_index(a) for a in toyfaces.MODELLED])
     write_metrics(run_dir, metrics)
+    disagreement_figure(run_dir, metrics)  # the flips the oracle does not confirm, if any
 
     _step("LRP heatmaps of originals and counterfactuals")
     # heatmaps first (the study compares them with the HRHs); the panel waits for the HRHs

@@ -28,11 +28,8 @@ import toyfaces
 from classifier.attributes import ATTRIBUTES, attribute_index
 from classifier.models import load_classifier
 from dvce.metrics import mnac, oracle_changes
-from toyfaces.render import render
+from toyfaces.render import render_tensor
 from toyfaces.world import toy_classifier
-
-def _images(factors) -> torch.Tensor:
-    return torch.from_numpy(render(factors)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def mnac_floor(run: Path, classifier: str = "toy_resnet", margin: float = 3.0) -> dict:
@@ -53,8 +50,8 @@ def mnac_floor(run: Path, classifier: str = "toy_resnet", margin: float = 3.0) -
     valid = torch.zeros(len(ATTRIBUTES), dtype=torch.bool)  # what MNAC counts on the toy world
     valid[[attribute_index(a) for a in toyfaces.MODELLED]] = True
     with torch.no_grad():
-        before, after = oracle(_images(base)), oracle(_images(smile))
-        logit, logit_closed = clf(_images(smile))[:, s], clf(_images(closed))[:, s]
+        before, after = oracle(render_tensor(base)), oracle(render_tensor(smile))
+        logit, logit_closed = clf(render_tensor(smile))[:, s], clf(render_tensor(closed))[:, s]
     changed = collections.Counter(a for names in oracle_changes(before, after, s, valid)
                                   for a in names)
     opened = torch.from_numpy(base.mouth_open > 0.5)

@@ -13,14 +13,13 @@ summary gives:
 A classifier whose boundary sits below the oracle's, or whose logit stays low on drawn smiles,
 accepts edits the oracle does not call smiles (docs/results_adaptive.md, ninth round).
 
-    python benchmarks/smile_boundary.py --seed 8383 [--n 96] \\
+    python benchmarks/smile_boundary.py --seed 8383 | --data TOYFACES_DIR [--n 96] \\
         [--classifiers toy_linear,toy_resnet,toy_resnet18,toy_oracle] [--margin 3] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -31,7 +30,8 @@ import toyfaces
 from classifier.attributes import attribute_index
 from classifier.models import load_classifier
 from classifier.registry import resolve_classifier
-from toyfaces.render import render
+from fileio import write_json
+from toyfaces.render import render_tensor
 
 GRID = tuple(round(s, 2) for s in np.arange(-0.4, 0.401, 0.05))
 CLASSIFIERS = ("toy_linear", "toy_resnet", "toy_resnet18", "toy_oracle")
@@ -39,11 +39,13 @@ FROWN = -0.2  # smiles at or below this are clear frowns
 
 
 def _crossing(xs, ys, level: float) -> float | None:
-    """The first x at which ys (rising along xs) reaches ``level``, linearly interpolated."""
+    """The first x at which ys reaches ``level`` (linearly interpolated), None if it never does."""
+    if ys[0] >= level:
+        return float(xs[0])
     for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
         if y0 < level <= y1:
             return float(x0 + (level - y0) / (y1 - y0) * (x1 - x0))
-    return float(xs[0]) if ys[0] >= level else None
+    return None
 
 
 @torch.no_grad()
@@ -61,7 +63,7 @@ def smile_boundary(data, n: int = 96, classifiers=CLASSIFIERS, grid=GRID,
     images = []
     for s in grid:  # the same faces, only the smile factor changed (the answer key)
         faces = dataclasses.replace(base, smile=np.full(len(rows), float(s)))
-        images.append(torch.from_numpy(render(faces)).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        images.append(render_tensor(faces))
     k = attribute_index("Smiling")
     out = {"data": str(data), "n": len(rows), "smile": list(grid), "margin": margin,
            "classifiers": {}}
@@ -112,13 +114,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.data:
         data = Path(a.data)
-    else:
+    else:  # imported here: it loads the samplers and experiments, which --data does not need
         from benchmarks.sampler_eval import unseen_world
         data = unseen_world(a.seed)
     r = smile_boundary(data, a.n, a.classifiers.split(","), margin=a.margin)
     print(format_table(r))
     if a.json:
-        Path(a.json).write_text(json.dumps(r, indent=1))
+        write_json(a.json, r)
     return 0
 
 

@@ -38,6 +38,7 @@ RESULT = "result.json"
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
 METRICS = "metrics.json"
+DISAGREEMENTS = "oracle_disagreements.png"  # ldvce evaluate --oracle: the flips it does not confirm
 SEQUENCE = "sequence"
 ORIGINAL = "original.png"
 RECONSTRUCTION = "reconstruction.png"

@@ -13,6 +13,7 @@ from classifier.registry import resolve_classifier
 from dvce.metrics import evaluate_run, write_metrics
 from dvce.protocol.evaluate import ProtocolError, compare_table, evaluate_protocol
 from dvce.protocol.nets import WeightsError
+from experiments.disagreements import disagreement_figure
 from fileio import read_json
 
 
@@ -42,6 +43,7 @@ def run_protocol(run, *, fid_features="oracle", face_model="oracle", oracle=None
                               device=device, resolve=resolve_classifier, cache=cache)
     metrics = {**base, **proto}
     write_metrics(run, metrics)
+    disagreement_figure(run, metrics)  # none drawn here: removes one the metrics no longer back
     return metrics
 
 

@@ -559,9 +559,9 @@ def evaluate(run: str | None = None, *, oracle: str | None = None, masks: str | 
              compare: list[str] | None = None) -> dict | None:
     """Metrics of a generation run: flip rate, L1/L2/SSIM, MNAC, localisation; --protocol full adds FID, sFID, FVA, FS, CD, COUT.
 
-    Written to RUN/metrics.json; with ``--oracle``, the flips the oracle does not confirm are
-    drawn in RUN/oracle_disagreements.png (original, counterfactual, change; what the oracle
-    saw change instead). ``--protocol full`` adds the published protocol
+    Written to RUN/metrics.json; with ``--oracle`` (basic protocol), the flips the oracle does
+    not confirm are drawn in RUN/oracle_disagreements.png (original, counterfactual, change;
+    what the oracle saw change instead; rank 1 of a ``--num-cfs`` run). ``--protocol full`` adds the published protocol
     (DiME/ACE/MaskDiME): FR; FID and sFID (all originals vs the successful counterfactuals);
     FVA/FS (face verification of each pair); MNAC and CD (an attribute oracle); COUT (insertion
     curves of the explained classifier). A missing weight file is named in the error; features
@@ -623,11 +623,6 @@ def evaluate(run: str | None = None, *, oracle: str | None = None, masks: str | 
                      oracle_attributes=oracle_attrs)
     path = write_metrics(run, m)
     print(format_table(m))
-    if model is not None:
-        from experiments.disagreements import disagreement_figure
-        figure = disagreement_figure(run, m)
-        if figure:
-            print(f"the flips the oracle does not confirm: {figure}")
     state = m["run"]
     if not state["finished"]:
         print(f"warning: {run} has no summary.json: the run stopped before its end (or is still "
@@ -636,6 +631,10 @@ def evaluate(run: str | None = None, *, oracle: str | None = None, masks: str | 
         print(f"warning: {len(state['broken'])} item folder(s) without a readable result.json "
               f"or without their images were left out: {', '.join(state['broken'][:10])}")
     print(f"wrote {path}")
+    from experiments.disagreements import disagreement_figure
+    figure = disagreement_figure(run, m)  # without an oracle: removes a figure now stale
+    if figure:
+        print(f"wrote {figure} (the flips the oracle does not confirm)")
     return m
 
 

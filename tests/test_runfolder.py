@@ -216,25 +216,38 @@ def test_evaluate_says_when_a_run_is_incomplete_or_an_item_unreadable(run_dir, t
 
 def test_evaluate_draws_the_flips_the_oracle_does_not_confirm(run_dir, tmp_path, capsys):
     import shutil
-    from experiments.disagreements import FIGURE, disagreement_figure, disagreements
+    from experiments.disagreements import disagreement_figure, disagreements
     from ldvce.cli import main
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
+    figure = run / runfolder.DISAGREEMENTS
     main(["evaluate", str(run), "--oracle", "toy_oracle"])
     m = json.loads((run / runfolder.METRICS).read_text())
     # whatever the oracle says of these random images, the figure shows exactly its refusals
-    assert (run / FIGURE).is_file() == bool(disagreements(m))
+    assert figure.is_file() == bool(disagreements(m))
     assert ("does not confirm" in capsys.readouterr().out) == bool(disagreements(m))
     per = m["per_image"]
     for k, image_id in enumerate(per):  # two flips the oracle refuses, one it confirms
         per[image_id].update(flipped=1.0, oracle_flipped=float(k == 2),
                              oracle_changed=["Mustache"] if k == 0 else [])
     assert disagreements(m) == ["img0", "img1"]
-    two = disagreement_figure(run, m)
-    assert two == run / FIGURE
-    tall = Image.open(two).size[1]
+    assert disagreement_figure(run, m) == figure
+    with Image.open(figure) as im:
+        two = im.size
     per["img1"]["oracle_flipped"] = 1.0
-    (run / "img0" / "diff.png").write_bytes(b"not a png")  # drawn without it
-    assert Image.open(disagreement_figure(run, m)).size[1] < tall  # one row fewer
+    with Image.open(disagreement_figure(run, m)) as im:
+        one = im.size
+    assert one[1] < two[1]  # one row fewer
+    (run / "img0" / "diff.png").write_bytes(b"not a png")  # drawn grey in its place
+    with Image.open(disagreement_figure(run, m)) as im:
+        assert im.size == one
+    per["img1"]["oracle_flipped"] = 0.0  # two again, cut to the first row
+    with Image.open(disagreement_figure(run, m, max_rows=1)) as im:
+        assert im.size[1] == one[1]
+    per["img1"]["oracle_flipped"] = 1.0
     per["img0"]["flipped"] = 0.0  # a counterfactual that did not flip is no disagreement
-    assert disagreement_figure(run, m) is None and not (run / FIGURE).exists()  # none stale
+    assert disagreement_figure(run, m) is None and not figure.exists()
+    disagreement_figure(run, {**m, "per_image": {"img0": {**per["img0"], "flipped": 1.0}}})
+    assert figure.is_file()
+    main(["evaluate", str(run)])  # metrics without an oracle: no figure they do not back
+    assert not figure.exists()

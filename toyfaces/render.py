@@ -251,6 +251,12 @@ def render(f: Factors, size: int = 64, with_masks: bool = False, chunk: int = 25
     return (images, masks) if with_masks else images
 
 
+def render_tensor(f: Factors, size: int = 64):
+    """Rasterised faces as the classifiers take them: float tensor (N, 3, size, size) in [-1, 1]."""
+    import torch  # here, so that rendering datasets needs no torch import
+    return torch.from_numpy(render(f, size)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def _render_chunk(f: Factors, size: int, with_masks: bool):
     b = len(f)
     px = CANVAS / size

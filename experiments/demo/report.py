@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 from dvce import runfolder
-from experiments.disagreements import FIGURE as disagreement_file
 from fileio import to_jsonable
 from fileio.report import Report
 
@@ -28,7 +27,7 @@ def write_report(out: Path, summary: dict, metrics: dict, study: dict, crp: dict
     doc.image(out / "overview.png", "overview.png", width=1100, embed=True)
     doc.heading("Counterfactual metrics")
     doc.key_values({k: v for k, v in metrics.items() if k != "per_image"})
-    unconfirmed = run / disagreement_file
+    unconfirmed = run / runfolder.DISAGREEMENTS
     if unconfirmed.is_file():
         doc.heading("Flips the oracle does not confirm")
         doc.image(unconfirmed, unconfirmed.name, width=700, embed=True)
@@ -42,7 +41,7 @@ def write_report(out: Path, summary: dict, metrics: dict, study: dict, crp: dict
             for path in (item.original, item.counterfactual, item.diff, item.folder / runfolder.GIF):
                 doc.image(path, path.name, width=128, embed=True)
             oracle = per_image[item.image_id].get("oracle_flipped")
-            seen = "" if oracle is None else f", oracle confirms: {bool(oracle)}"
+            seen = "" if oracle is None or not r["flipped"] else f", oracle confirms: {bool(oracle)}"
             doc.paragraph(f"p(smiling) {r['prob_before']:.2f} → {r['prob_after']:.2f}, "
                           f"flipped: {r['flipped']}{seen}, L1 {r['l1']:.3f}, "
                           f"switch frame {r['switch_frame']}")

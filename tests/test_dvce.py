@@ -407,6 +407,68 @@ def test_prune_grid_cuts_one_grown_region_and_keeps_only_the_pieces_the_flip_nee
     assert float(cut.mask.mean()) < 0.45
 
 
+def test_clusters_cut_one_region_between_its_two_evidence_peaks():
+    """One connected region over two separate concentrations of evidence is cut between them;
+    the parts cover the region (or the larger one it is assigned over) without overlap."""
+    from dvce.samplers import _clusters
+    region = torch.zeros(1, 1, 16, 16)
+    region[0, 0, 1:15, 6:10] = 1.0                 # one piece from top to bottom
+    weight = torch.full((1, 1, 16, 16), 0.1)
+    weight[0, 0, 1:4, 6:10], weight[0, 0, 12:15, 6:10] = 1.0, 0.8
+    parts = _clusters(region, weight)
+    assert torch.equal(parts.sum(1, keepdim=True), region)
+    top, bottom = parts[0, 0], parts[0, 1]         # the first part holds the peak
+    assert top[1:4, 6:10].all() and not top[12:15].any() and bottom[12:15, 6:10].all()
+    wider = region.clone()
+    wider[0, 0, 0:3, 2:14] = 1.0
+    assigned = _clusters(region, weight, assign=wider)
+    assert torch.equal(assigned.sum(1, keepdim=True), wider) and assigned[0, 0, 0:3, 2:14].all()
+    single = torch.zeros(1, 1, 16, 16)
+    single[0, 0, 5, 5] = 1.0
+    one = _clusters(single, weight)
+    assert torch.equal(one[:, :1], single) and not one[:, 1].any()
+
+
+def test_split_attempt_keeps_the_smallest_robust_edit_among_the_region_and_its_parts(problem,
+                                                                                       monkeypatch):
+    """A region joining what the classifier reads (the top band) and what it does not (the
+    bottom): the whole region and the top part both flip, the bottom part does not; the top
+    part's result is kept (less L1), the bottom half stays the original, and its frames are the
+    ones the callback ends with."""
+    import dvce.samplers as S
+    clf = Problem(problem.ldm, TopBandClassifier(), 31)
+    x = torch.full((1, 3, 64, 64), -0.5)
+
+    def fake_pass(state, idx, z, traj, ts, g, region=None, frame0=2):  # bright inside the region
+        pm = S._pixel_mask(region, x.shape[-2:]).round()
+        img = pm * 0.5 + (1 - pm) * state.x[idx]
+        for f in range(1, frame0 + len(ts) + 1):
+            state.frame(f, idx, img, clf.logit(img))
+        return S.PassResult(img, clf.logit(img), pm)
+
+    monkeypatch.setattr(S, "_guided_pass", fake_pass)
+    frames = FrameRecorder(1)
+    state = S.SampleState(clf, x, torch.ones(1), frames)
+    region = torch.ones(1, 1, 16, 16)            # grown into one piece: the whole image
+    evidence = torch.zeros(1, 1, 16, 16)
+    evidence[0, 0, 0:4], evidence[0, 0, 12:16] = 1.0, 0.6
+    idx = torch.arange(1)
+    whole = fake_pass(state, idx, None, None, [0, 1], None, region=region)
+    z = torch.zeros(1, 3, 16, 16)
+    out, accept, kept, which = S._try_parts(state, idx, z, [], [0, 1], None, region, evidence,
+                                            region, whole, torch.tensor([True]), 3.0, 1, 0, 10)
+    assert float(whole.logit[0]) >= 3.0 and bool(accept[0]) and float(out.logit[0]) >= 3.0
+    assert torch.equal(out.img[..., 40:, :], x[..., 40:, :])        # the bottom is the original
+    assert float((out.img - x).abs().mean()) < float((whole.img - x).abs().mean())
+    assert kept[0, 0, :4].any() and not kept[0, 0, 12:].any() and which.tolist() == [1]
+    assert torch.equal(frames.frames[0][-1], out.img[0])
+    # nothing robust among the parts: the whole region's result stays
+    none = S._try_parts(state, idx, z, [], [0, 1], None, region, evidence, region, whole,
+                        torch.tensor([False]), 1e6, 1, 0, 10)
+    assert torch.equal(none[0].img, whole.img) and not bool(none[1][0])
+    assert none[3].tolist() == [0]
+
+
 def test_preserve_penalty_is_a_hinge_on_the_other_decisions_coming_near_their_boundary():
     """Hand-computed: a confident decision may drift down to the margin for free, a
     low-confidence one may not lose what it had, a flipped one costs its whole way, and the

@@ -640,22 +640,27 @@ def _try_parts(state: SampleState, todo: torch.Tensor, z_T: torch.Tensor, traj, 
     three is kept; the whole region's when none is. A part's frames reach the callback only for
     the faces that keep it, after the whole region's (so they replace them).
 
-    Returns the result, which rows are robust, the latent region each kept result edited, and
-    per row which one was kept (0: the whole region, 1: the cluster started at the evidence's
-    peak, 2: the other)."""
+    Returns the result, which rows are robust, the latent region each kept result edited, per
+    row which one was kept (0: the whole region, 1: the cluster started at the evidence's peak,
+    2: the other), and how many part passes ran."""
     parts = _clusters(region, weight, assign=wider)
     x = state.x[todo]
-    best_l1 = torch.where(accept, (whole.img - x).abs().flatten(1).mean(1),
-                          torch.full_like(whole.logit, float("inf")))
+    # L1 in float32: under bf16 its rounding (0.4 %) would settle near-ties
+    best_l1 = torch.where(accept, (whole.img.float() - x.float()).abs().flatten(1).mean(1),
+                          torch.full((len(todo),), float("inf"), device=accept.device))
     img, logit, mask = whole.img.clone(), whole.logit.clone(), whole.mask.clone()
     chosen_region, accept = region.clone(), accept.clone()
     which = torch.zeros(len(todo), dtype=torch.long)
-    callback, events = state.callback, []
+    callback, events, passes = state.callback, [], 0
     for j in range(2):
         part = parts[:, j:j + 1]
-        rows = (part.flatten(1).sum(1) > 0).nonzero().flatten()
+        # a part that is empty or the whole region itself (a one-position region) has nothing
+        # smaller to offer
+        rows = ((part.flatten(1).sum(1) > 0)
+                & (part != (region > 0.5).float()).flatten(1).any(1)).nonzero().flatten()
         if len(rows) == 0:
             continue
+        passes += 1
         events.clear()
         state.callback = events.append if callback is not None else None
         try:
@@ -664,7 +669,7 @@ def _try_parts(state: SampleState, todo: torch.Tensor, z_T: torch.Tensor, traj, 
         finally:
             state.callback = callback
         ok = _robust(state, todo[rows], out, margin, views, renoise_t, num_steps)
-        l1 = (out.img - x[rows]).abs().flatten(1).mean(1)
+        l1 = (out.img.float() - x[rows].float()).abs().flatten(1).mean(1)
         better = ok & (l1 < best_l1[rows])
         take = rows[better]
         if len(take) == 0:
@@ -679,7 +684,7 @@ def _try_parts(state: SampleState, todo: torch.Tensor, z_T: torch.Tensor, traj, 
                 if sel:
                     state.frame(e["i"], e["samples"][sel], e["img"][sel], e["logit"][sel],
                                 None if e["x0"] is None else e["x0"][sel])
-    return PassResult(img, logit, mask), accept, chosen_region, which
+    return PassResult(img, logit, mask), accept, chosen_region, which, passes
 
 
 def _components(m: torch.Tensor) -> list[torch.Tensor]:
@@ -816,9 +821,9 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
        (robust or not), else the first attempt that flipped (as :func:`guided` does below its
        margin). With ``prune``, parts of the region an accepted flip does not need are then put
        back to the original.
-    4. **Split** (``split_from``): from the fourth attempt on, a region grown over two separate
-       cues is also tried one cluster of its evidence at a time, and the smallest robust edit
-       is kept.
+    4. **Split** (``split_from``): from attempt ``split_from`` on (default 4), a region grown
+       over two separate cues is also tried one cluster of its evidence at a time, and the
+       smallest robust edit is kept.
 
     Measured (docs/results_adaptive.md): on 48 faces of each of two unseen toy seeds it flips
     every face of the toy ResNet, the plain toy ResNet18 and the toy MLP, most in the first
@@ -999,9 +1004,10 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
             # reaches as far as its cue would by the time the whole region had grown there
             wider = torch.maximum(m, _evidence_region(
                 evidence[todo], latent_hw, region_threshold * region_grow ** (k + 2)))
-            out, accept, m, part = _try_parts(
+            out, accept, m, part, passes = _try_parts(
                 state, todo, z_T, traj, ts, opts, m, _smoothed(evidence[todo], latent_hw), wider,
                 out, accept, margin, checked_views, checked_renoise, num_steps)
+            iters += passes * len(ts)  # the part passes are denoising steps too
         if prune and m is not None and bool(accept.any()):
             out = _prune(state, todo, out, m, evidence[todo], accept, margin, checked_views,
                          checked_renoise, num_steps, 2 + len(ts), prune_grid)
@@ -1146,6 +1152,7 @@ class _AttemptLog:
                 self.part[i] = p_kept
 
 
+# ------------------------------------------------------------------------------------------------
 def dime(problem: Problem, x: torch.Tensor, target: torch.Tensor, *, scale: float = 1.0,
          retry_scales: tuple[float, ...] = (2.0, 4.0), l1_weight: float = 1.0,
          num_steps: int = 20, t_start: int = 500, callback: Callable | None = None) -> CFBatch:

@@ -323,7 +323,8 @@ def test_adaptive_starts_low_raises_the_noise_only_for_faces_that_need_it(proble
     t = torch.ones(2)
     opts = dict(num_steps=20, levels=(100, 150, 200), pre_t=200, pre_steps=5, renoise_t=50)
     r = get_sampler("adaptive")(problem, x, t, **opts)
-    assert set(r.info) >= {"attempts", "t_start", "region_fraction", "robust", "mask"}
+    assert set(r.info) >= {"attempts", "t_start", "region_fraction", "robust", "mask",
+                           "region_part"}
     levels = opts["levels"]
     for k in range(2):  # a robust result comes from the attempt that ran last, at its level
         assert 1 <= r.info["attempts"][k] <= 3 and r.info["t_start"][k] in levels
@@ -339,6 +340,12 @@ def test_adaptive_starts_low_raises_the_noise_only_for_faces_that_need_it(proble
     assert again.info["attempts"] == [3, 3] and again.info["t_start"] == [200, 200]
     with pytest.raises(ValueError, match="evidence_from"):
         get_sampler("adaptive")(problem, x, t, evidence_from="nope", **opts)
+    # split attempts from the first: every face reports which region it kept; without a region
+    # (no evidence) nothing is split
+    split = get_sampler("adaptive")(problem, x, t, split_from=1, **opts)
+    assert all(p in (0, 1, 2) for p in split.info["region_part"])
+    plain = get_sampler("adaptive")(problem, x, t, split_from=1, region=False, **opts)
+    assert plain.info["region_part"] == [0, 0]
 
 
 def test_adaptive_edits_only_inside_a_given_edit_region(problem):
@@ -455,13 +462,34 @@ def test_split_attempt_keeps_the_smallest_robust_edit_among_the_region_and_its_p
     idx = torch.arange(1)
     whole = fake_pass(state, idx, None, None, [0, 1], None, region=region)
     z = torch.zeros(1, 3, 16, 16)
-    out, accept, kept, which = S._try_parts(state, idx, z, [], [0, 1], None, region, evidence,
-                                            region, whole, torch.tensor([True]), 3.0, 1, 0, 10)
+    out, accept, kept, which, passes = S._try_parts(state, idx, z, [], [0, 1], None, region,
+                                                    evidence, region, whole,
+                                                    torch.tensor([True]), 3.0, 1, 0, 10)
+    assert passes == 2
     assert float(whole.logit[0]) >= 3.0 and bool(accept[0]) and float(out.logit[0]) >= 3.0
     assert torch.equal(out.img[..., 40:, :], x[..., 40:, :])        # the bottom is the original
     assert float((out.img - x).abs().mean()) < float((whole.img - x).abs().mean())
     assert kept[0, 0, :4].any() and not kept[0, 0, 12:].any() and which.tolist() == [1]
     assert torch.equal(frames.frames[0][-1], out.img[0])
+    # two faces: one whose evidence has no second concentration keeps nothing smaller (a
+    # one-position region offers no part), the other keeps its top part; frames replayed only
+    # for the one that keeps a part
+    frames2 = FrameRecorder(2)
+    state2 = S.SampleState(clf, x.expand(2, -1, -1, -1), torch.ones(2), frames2)
+    regions = torch.cat([torch.zeros(1, 1, 16, 16), region])
+    regions[0, 0, 0, 0] = 1.0                       # a one-position region: nothing to split
+    idx2 = torch.arange(2)
+    whole2 = fake_pass(state2, idx2, None, None, [0, 1], None, region=regions)
+    calls = []
+    monkeypatch.setattr(S, "_guided_pass", lambda st, i, *a, **k: calls.append(i.tolist())
+                        or fake_pass(st, i, *a, **k))
+    out2, acc2, _, which2 = S._try_parts(state2, idx2, torch.zeros(2, 3, 16, 16), [], [0, 1],
+                                         None, regions, evidence.expand(2, -1, -1, -1), regions,
+                                         whole2, torch.tensor([False, True]), 3.0, 1, 0, 10)[:4]
+    assert calls == [[1], [1]] and which2.tolist() == [0, 1]
+    assert torch.equal(out2.img[0], whole2.img[0]) and not bool(acc2[0])
+    assert torch.equal(frames2.frames[1][-1], out2.img[1])
+    assert torch.equal(frames2.frames[0][-1], whole2.img[0])
     # nothing robust among the parts: the whole region's result stays
     none = S._try_parts(state, idx, z, [], [0, 1], None, region, evidence, region, whole,
                         torch.tensor([False]), 1e6, 1, 0, 10)

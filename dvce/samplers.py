@@ -597,8 +597,9 @@ def _clusters(region: torch.Tensor, weight: torch.Tensor, iters: int = 20,
               assign: torch.Tensor | None = None) -> torch.Tensor:
     """(b, 2, h, w): each face's latent ``region`` ((b, 1, h, w)) cut in two spatial clusters of
     its ``weight`` (evidence-weighted 2-means on the positions, started at the evidence's peak
-    and at the region's position farthest from it). A region of one position gives it and an
-    empty part."""
+    and at the region's position farthest from it). With ``assign`` ((b, 1, h, w), e.g. a
+    wider region), the parts cover it instead: each of its positions goes to the nearer centre.
+    A region of one position gives it and an empty part."""
     b, _, h, w = region.shape
     yx = torch.stack(torch.meshgrid(torch.arange(h, dtype=torch.float32),
                                     torch.arange(w, dtype=torch.float32), indexing="ij"), -1)
@@ -619,12 +620,11 @@ def _clusters(region: torch.Tensor, weight: torch.Tensor, iters: int = 20,
             if torch.equal(new, centres):
                 break
             centres = new
-        on_a = on if assign is None else assign[i, 0] > 0.5
-        pa = yx[on_a.cpu()]
-        label = ((pa[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        on_a = (on if assign is None else assign[i, 0] > 0.5).cpu()
+        label = ((yx[on_a][:, None] - centres[None]) ** 2).sum(-1).argmin(1)
         for j in range(2):
             part = torch.zeros((h, w))
-            part[on_a.cpu()] = (label == j).float()
+            part[on_a] = (label == j).float()
             out[i, j] = part.to(out.device)
     return out
 

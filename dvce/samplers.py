@@ -629,62 +629,86 @@ def _clusters(region: torch.Tensor, weight: torch.Tensor, iters: int = 20,
     return out
 
 
-def _try_parts(state: SampleState, todo: torch.Tensor, z_T: torch.Tensor, traj, ts, opts,
-               region: torch.Tensor, weight: torch.Tensor, wider: torch.Tensor,
-               whole: PassResult, accept: torch.Tensor, margin: float, views: int,
-               renoise_t: int, num_steps: int):
-    """:func:`adaptive`'s split attempt: the pass ``whole`` (robust where ``accept``) ran in the
-    latent ``region``; the same pass (same start latents ``z_T``, trajectory and options) runs
-    again in each of the region's two evidence clusters alone, assigned over the ``wider``
-    region (:func:`_clusters`), and per face the robust result with the least L1 among the
-    three is kept; the whole region's when none is. A part's frames reach the callback only for
-    the faces that keep it, after the whole region's (so they replace them).
+def _split_attempt(state: SampleState, todo: torch.Tensor, z_T: torch.Tensor, traj, ts, opts,
+                   region: torch.Tensor, weight: torch.Tensor, wider: torch.Tensor,
+                   margin: float, views: int, renoise_t: int, num_steps: int):
+    """:func:`adaptive`'s split attempt: the guided pass (start latents ``z_T``, trajectory
+    ``traj``, options ``opts``) runs in the latent ``region`` and, for the same faces, in each
+    of the region's two evidence clusters alone, assigned over the ``wider`` region
+    (:func:`_clusters`); per face the robust result with the least L1 among the three is kept,
+    the whole region's when none is. The candidates run as one batch, in chunks of at most the
+    sampler's batch size: the three candidates of a face left alone in a late attempt cost about
+    60 % of three passes of one (toy world, CPU), and the memory stays what the first attempt
+    used. The frames the callback gets are those of each face's kept candidate.
 
     Returns the result, which rows are robust, the latent region each kept result edited, per
     row which one was kept (0: the whole region, 1: the cluster started at the evidence's peak,
-    2: the other), and how many part passes ran."""
+    2: the other), and how many part passes ran (for the iteration count)."""
+    b = len(todo)
     parts = _clusters(region, weight, assign=wider)
-    x = state.x[todo]
-    # L1 in float32: under bf16 its rounding (0.4 %) would settle near-ties
-    best_l1 = torch.where(accept, (whole.img.float() - x.float()).abs().flatten(1).mean(1),
-                          torch.full((len(todo),), float("inf"), device=accept.device))
-    img, logit, mask = whole.img.clone(), whole.logit.clone(), whole.mask.clone()
-    chosen_region, accept = region.clone(), accept.clone()
-    which = torch.zeros(len(todo), dtype=torch.long)
-    callback, events, passes = state.callback, [], 0
+    rows, regions, passes = [torch.arange(b)], [region], 0
     for j in range(2):
         part = parts[:, j:j + 1]
         # a part that is empty or the whole region itself (a one-position region) has nothing
         # smaller to offer
-        rows = ((part.flatten(1).sum(1) > 0)
-                & (part != (region > 0.5).float()).flatten(1).any(1)).nonzero().flatten()
-        if len(rows) == 0:
-            continue
-        passes += 1
-        events.clear()
+        r = ((part.flatten(1).sum(1) > 0)
+             & (part != (region > 0.5).float()).flatten(1).any(1)).nonzero().flatten().cpu()
+        passes += int(len(r) > 0)
+        rows.append(r)
+        regions.append(part[r.to(part.device)])
+    face = torch.cat(rows)                    # each candidate's face (row of todo)
+    cand_region = torch.cat(regions)
+    callback, events = state.callback, []
+    outs, oks = [], []
+    step = max(len(state.x), 1)
+    for lo in range(0, len(face), step):
+        f = face[lo:lo + step]
         state.callback = events.append if callback is not None else None
         try:
-            out = _guided_pass(state, todo[rows], z_T[rows], [t[rows] for t in traj], ts, opts,
-                               region=part[rows])
+            out = _guided_pass(state, todo[f], z_T[f], [t[f] for t in traj], ts, opts,
+                               region=cand_region[lo:lo + step])
         finally:
             state.callback = callback
-        ok = _robust(state, todo[rows], out, margin, views, renoise_t, num_steps)
-        l1 = (out.img.float() - x[rows].float()).abs().flatten(1).mean(1)
-        better = ok & (l1 < best_l1[rows])
-        take = rows[better]
-        if len(take) == 0:
-            continue
-        best_l1[take], img[take], logit[take] = l1[better], out.img[better], out.logit[better]
-        mask[take], chosen_region[take], accept[take] = out.mask[better], part[take], True
-        which[take.cpu()] = j + 1
-        if callback is not None:  # the kept part's frames replace the whole region's
-            keep = set(todo[take].tolist())
-            for e in events:
-                sel = [r for r, s in enumerate(e["samples"].tolist()) if s in keep]
-                if sel:
-                    state.frame(e["i"], e["samples"][sel], e["img"][sel], e["logit"][sel],
-                                None if e["x0"] is None else e["x0"][sel])
-    return PassResult(img, logit, mask), accept, chosen_region, which, passes
+        outs.append(out)
+        oks.append(_robust(state, todo[f], out, margin, views, renoise_t, num_steps))
+    img = torch.cat([o.img for o in outs])
+    logit, mask, ok = torch.cat([o.logit for o in outs]), torch.cat([o.mask for o in outs]), \
+        torch.cat(oks)
+    x = state.x[todo]
+    # L1 in float32: under bf16 its rounding (0.4 %) would settle near-ties
+    l1 = (img.float() - x[face.to(x.device)].float()).abs().flatten(1).mean(1)
+    pick = torch.arange(b)                    # the kept candidate of each face: its whole region
+    best = torch.where(ok[:b], l1[:b], torch.full((b,), float("inf"), device=l1.device))
+    which = torch.zeros(b, dtype=torch.long)
+    start = b
+    for j, r in enumerate(rows[1:]):
+        for k, i in enumerate(r.tolist()):
+            c = start + k
+            if bool(ok[c]) and float(l1[c]) < float(best[i]):
+                pick[i], best[i], which[i] = c, l1[c], j + 1
+        start += len(r)
+    if callback is not None:
+        _replay_frames(state, events, pick, len(face))
+    sel = pick.to(img.device)
+    kept_region = cand_region[pick.to(cand_region.device)]
+    return (PassResult(img[sel], logit[sel], mask[sel]), ok[sel], kept_region, which, passes)
+
+
+def _replay_frames(state: SampleState, events: list[dict], pick: torch.Tensor, n: int) -> None:
+    """Send each face the frames of its kept candidate: ``events`` are the frames the
+    candidates' passes reported (in chunks of consecutive candidates, each chunk every frame
+    index once), ``pick`` each face's candidate among the ``n``."""
+    by_frame: dict[int, list[dict]] = {}
+    for e in events:
+        by_frame.setdefault(e["i"], []).append(e)
+    for i, es in by_frame.items():
+        if sum(len(e["samples"]) for e in es) != n:
+            continue  # a frame not every candidate reported (none in a guided pass)
+        cat = lambda key: torch.cat([e[key] for e in es])  # noqa: E731
+        x0 = None if es[0]["x0"] is None else cat("x0")
+        sel = pick.to(es[0]["img"].device)
+        state.callback({"i": i, "samples": cat("samples")[sel], "img": cat("img")[sel],
+                        "logit": cat("logit")[sel], "x0": None if x0 is None else x0[sel]})
 
 
 def _components(m: torch.Tensor) -> list[torch.Tensor]:
@@ -830,7 +854,7 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
     attempt at t = 300; for the toy ResNet with oracle agreement 0.98, localisation 0.81 and
     MNAC 0.25 / 0.27 (0.33 / 0.48 and localisation 0.84 / 0.85 with ``preserve`` 0). It flips
     every face of the Clever-Hans classifier (24 each of three seeds) and, with the split
-    attempts (``split_from``), changes the hat most on 0.54–0.58 of them (a third without).
+    attempts (``split_from``), changes the hat most on 0.50–0.58 of them (a third without).
 
     ``info``: per face the ``attempts`` run, the noise level ``t_start`` of the kept result, the
     ``region_fraction`` of the image it edited, whether it was ``robust``, and its
@@ -907,11 +931,13 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         part reaching over the region grown two steps further), and per face keeps the robust
         result with the least L1 among the whole region and its two parts. A region grown over
         two separate cues (a hat and a mouth, joined across the face) then still yields the
-        smaller edit of one cue alone. The parts triple the cost of those attempts. The default,
-        4 (t = 900), is reached by no face of the toy classifiers (so it costs them nothing)
-        and by most of the hat-biased one's: hat-most 0.33–0.38 → 0.54–0.58 on three seeds at
-        three quarters of the L1; 3 (t = 700 on) gives 0.54–0.83 but costs the toy bench faces
-        a fifth of their speed (docs/results_adaptive.md, tenth round).
+        smaller edit of one cue alone. The three candidates run as one batch (in chunks of the
+        sampler's batch size). The default, 4 (t = 900), is reached by no face of the toy
+        classifiers (so it costs them nothing) and by most of the hat-biased one's: hat-most
+        0.33–0.38 → 0.50–0.58 on three seeds at three quarters of the L1; 3 (t = 700 on)
+        gives 0.50–0.83 (its gain on one seed of three) and runs the toy bench at 16.5–17.5×
+        the seed-faithful speed against 19.7–20.7× for 4 (docs/results_adaptive.md, tenth and
+        eleventh rounds).
         ``info["region_part"]`` says which was kept (0: the whole region, 1: the cluster
         started at the evidence's peak, 2: the other).
     preserve : float
@@ -995,19 +1021,20 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
                 m = F.max_pool2d(m, 2 * k + 1, stride=1, padding=k)
         opts = Guidance(scale * scale_grow ** k, l1_weight, region, 0.0, 1, 0, 0, views,
                         attempt_decoder, preserve if k < preserve_levels else 0.0)
-        out = _guided_pass(state, todo, z_T, traj, ts, opts, region=m)
         iters += len(ts)
-        accept = _robust(state, todo, out, margin, checked_views, checked_renoise, num_steps)
         part = torch.zeros(len(todo), dtype=torch.long)
         if split_from and k + 1 >= split_from and evidence is not None:
             # the parts are assigned over the region two growth steps further, so that a part
             # reaches as far as its cue would by the time the whole region had grown there
             wider = torch.maximum(m, _evidence_region(
                 evidence[todo], latent_hw, region_threshold * region_grow ** (k + 2)))
-            out, accept, m, part, passes = _try_parts(
+            out, accept, m, part, passes = _split_attempt(
                 state, todo, z_T, traj, ts, opts, m, _smoothed(evidence[todo], latent_hw), wider,
-                out, accept, margin, checked_views, checked_renoise, num_steps)
+                margin, checked_views, checked_renoise, num_steps)
             iters += passes * len(ts)  # the part passes are denoising steps too
+        else:
+            out = _guided_pass(state, todo, z_T, traj, ts, opts, region=m)
+            accept = _robust(state, todo, out, margin, checked_views, checked_renoise, num_steps)
         if prune and m is not None and bool(accept.any()):
             out = _prune(state, todo, out, m, evidence[todo], accept, margin, checked_views,
                          checked_renoise, num_steps, 2 + len(ts), prune_grid)

@@ -441,12 +441,15 @@ def test_split_attempt_keeps_the_smallest_robust_edit_among_the_region_and_its_p
     """A region joining what the classifier reads (the top band) and what it does not (the
     bottom): the whole region and the top part both flip, the bottom part does not; the top
     part's result is kept (less L1), the bottom half stays the original, and its frames are the
-    ones the callback ends with."""
+    ones the callback ends with. The candidates run as one batch, in chunks of the sampler's
+    batch size."""
     import dvce.samplers as S
     clf = Problem(problem.ldm, TopBandClassifier(), 31)
     x = torch.full((1, 3, 64, 64), -0.5)
+    calls = []
 
     def fake_pass(state, idx, z, traj, ts, g, region=None, frame0=2):  # bright inside the region
+        calls.append(idx.tolist())
         pm = S._pixel_mask(region, x.shape[-2:]).round()
         img = pm * 0.5 + (1 - pm) * state.x[idx]
         for f in range(1, frame0 + len(ts) + 1):
@@ -460,39 +463,37 @@ def test_split_attempt_keeps_the_smallest_robust_edit_among_the_region_and_its_p
     evidence = torch.zeros(1, 1, 16, 16)
     evidence[0, 0, 0:4], evidence[0, 0, 12:16] = 1.0, 0.6
     idx = torch.arange(1)
-    whole = fake_pass(state, idx, None, None, [0, 1], None, region=region)
     z = torch.zeros(1, 3, 16, 16)
-    out, accept, kept, which, passes = S._try_parts(state, idx, z, [], [0, 1], None, region,
-                                                    evidence, region, whole,
-                                                    torch.tensor([True]), 3.0, 1, 0, 10)
-    assert passes == 2
+    whole = fake_pass(state, idx, None, None, [0, 1], None, region=region)
+    calls.clear()
+    out, accept, kept, which, passes = S._split_attempt(state, idx, z, [], [0, 1], None, region,
+                                                        evidence, region, 3.0, 1, 0, 10)
+    assert passes == 2 and calls == [[0], [0], [0]]   # batch size 1: three chunks of one
     assert float(whole.logit[0]) >= 3.0 and bool(accept[0]) and float(out.logit[0]) >= 3.0
     assert torch.equal(out.img[..., 40:, :], x[..., 40:, :])        # the bottom is the original
     assert float((out.img - x).abs().mean()) < float((whole.img - x).abs().mean())
     assert kept[0, 0, :4].any() and not kept[0, 0, 12:].any() and which.tolist() == [1]
     assert torch.equal(frames.frames[0][-1], out.img[0])
     # two faces: one whose evidence has no second concentration keeps nothing smaller (a
-    # one-position region offers no part), the other keeps its top part; frames replayed only
-    # for the one that keeps a part
+    # one-position region offers no part), the other keeps its top part; the whole regions and
+    # the second face's parts run as one batch (the sampler's batch is 2: chunks of two)
     frames2 = FrameRecorder(2)
     state2 = S.SampleState(clf, x.expand(2, -1, -1, -1), torch.ones(2), frames2)
     regions = torch.cat([torch.zeros(1, 1, 16, 16), region])
     regions[0, 0, 0, 0] = 1.0                       # a one-position region: nothing to split
     idx2 = torch.arange(2)
-    whole2 = fake_pass(state2, idx2, None, None, [0, 1], None, region=regions)
-    calls = []
-    monkeypatch.setattr(S, "_guided_pass", lambda st, i, *a, **k: calls.append(i.tolist())
-                        or fake_pass(st, i, *a, **k))
-    out2, acc2, _, which2 = S._try_parts(state2, idx2, torch.zeros(2, 3, 16, 16), [], [0, 1],
-                                         None, regions, evidence.expand(2, -1, -1, -1), regions,
-                                         whole2, torch.tensor([False, True]), 3.0, 1, 0, 10)[:4]
-    assert calls == [[1], [1]] and which2.tolist() == [0, 1]
-    assert torch.equal(out2.img[0], whole2.img[0]) and not bool(acc2[0])
+    calls.clear()
+    out2, acc2, _, which2 = S._split_attempt(state2, idx2, torch.zeros(2, 3, 16, 16), [], [0, 1],
+                                             None, regions, evidence.expand(2, -1, -1, -1),
+                                             regions, 3.0, 1, 0, 10)[:4]
+    assert calls == [[0, 1], [1, 1]] and which2.tolist() == [0, 1]
+    assert not bool(acc2[0]) and float(out2.logit[0]) < 3.0   # the one-position edit is kept
+    assert float((out2.img[0] - x[0]).abs().sum()) > 0
     assert torch.equal(frames2.frames[1][-1], out2.img[1])
-    assert torch.equal(frames2.frames[0][-1], whole2.img[0])
+    assert torch.equal(frames2.frames[0][-1], out2.img[0])
     # nothing robust among the parts: the whole region's result stays
-    none = S._try_parts(state, idx, z, [], [0, 1], None, region, evidence, region, whole,
-                        torch.tensor([False]), 1e6, 1, 0, 10)
+    none = S._split_attempt(state, idx, z, [], [0, 1], None, region, evidence, region,
+                            1e6, 1, 0, 10)
     assert torch.equal(none[0].img, whole.img) and not bool(none[1][0])
     assert none[3].tolist() == [0]
 

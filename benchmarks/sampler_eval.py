@@ -12,7 +12,10 @@ The returned (and printed) row: flip rate, oracle agreement (share of counterfac
 Smiling decision the oracle sees flip), localisation, MNAC, L1, seconds per image, and the
 sampler's per-face choices (attempts, noise levels) as counts. The run folder also gets
 ``oracle_disagreements.png``, the flips the oracle does not confirm. The Clever-Hans pair is
-``ldvce demo --spurious --data-seed S --n N``.
+``ldvce demo --spurious --data-seed S --n N`` (``--classifier clever_hans``);
+``--classifier clever_hans_hat_reader`` runs it with the control in place of the biased
+classifier: a Smiling decision that reads the hat and nothing else
+(:func:`experiments.clever_hans.data.hat_reader`).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from dvce import runner
 from dvce.ldm import load_ldm, torch_dtype
 from dvce.metrics import evaluate_run, write_metrics
 from dvce.samplers import DEFAULT_METHOD, Problem
+from experiments.clever_hans.data import hat_reader
 from experiments.clever_hans.run import run_experiment
 from experiments.disagreements import disagreement_figure
 from toyfaces.world import toy_classifier, toy_data
@@ -91,21 +95,24 @@ def evaluate_sampler(classifier: str = "toy_resnet", seed: int = 7272, n: int = 
 
 def evaluate_clever_hans(seed: int = 7272, n: int = 24, method: str | None = None,
                          options: dict | None = None, out: str | Path = "runs/eval",
-                         num_cfs: int = 1) -> dict:
+                         num_cfs: int = 1, biased: str | Path | None = None) -> dict:
     """The Clever-Hans pair (``ldvce demo --spurious --data-seed SEED --n N`` without CRP and
     figures): per classifier (biased, clean) flip rate, the share of faces whose change per
     pixel is larger on the hat than on the mouth, the oracle's hat and smile flip rates, L1 and
     seconds per image; with ``num_cfs`` > 1 also the share of faces of which at least one
-    counterfactual changes the hat most, and the set's diversity."""
-    tag = "-".join(["cleverhans", str(seed), method or "default"]
+    counterfactual changes the hat most, and the set's diversity. ``biased``: a checkpoint in
+    place of the biased classifier (e.g. :func:`~experiments.clever_hans.data.hat_reader`)."""
+    tag = "-".join(["cleverhans" + ("" if biased is None else f"_{Path(biased).stem}"), str(seed),
+                    method or "default"]
                    + [f"{k}={v}" for k, v in sorted((options or {}).items())]
                    + ([f"k{num_cfs}"] if num_cfs > 1 else []))
     s = run_experiment(Path(out) / tag.replace(" ", ""), n_images=n, data_seed=seed,
                        method=method, options=options, num_cfs=num_cfs, crp=False,
-                       figure=False)["spurious"]
+                       figure=False, biased=biased)["spurious"]
     keys = ("flip_rate", "hat_change_rate", "mouth_change_rate", "oracle_hat_flip_rate",
             "oracle_smile_flip_rate", "l1", "seconds_per_image", "any_hat_change_rate",
-            "two_or_more_rate", "mean_pairwise_iou")
+            "two_or_more_rate", "mean_pairwise_iou", "intervention_hat_gain",
+            "intervention_smile_gain")
     return {"seed": seed, "n": s["images"], "method": s["method"], "options": dict(options or {}),
             "num_cfs": num_cfs,
             **{role: {k: s[role][k] for k in keys if k in s[role]} for role in ("biased", "clean")}}
@@ -121,6 +128,8 @@ def format_clever_hans(r: dict) -> str:
         f"{role:<7}{r['seed']:>6}{r['n']:>4}  flip {v['flip_rate']:.3f}  hat-most "
         f"{v['hat_change_rate']:.3f}  oracle hat {v['oracle_hat_flip_rate']:.3f}  oracle smile "
         f"{v['oracle_smile_flip_rate']:.3f}  L1 {v['l1']:.4f}  {v['seconds_per_image']:.2f} s/img"
+        + (f"  answer key: logit +hat {v['intervention_hat_gain']:+.1f} +smile "
+           f"{v['intervention_smile_gain']:+.1f}" if "intervention_smile_gain" in v else "")
         + several(v) for role, v in ((k, r[k]) for k in ("biased", "clean")))
 
 
@@ -159,7 +168,8 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--classifier", default="toy_resnet",
-                   help="a toy classifier name, a checkpoint, or clever_hans for the pair")
+                   help="a toy classifier name, a checkpoint, clever_hans for the pair, or "
+                   "clever_hans_hat_reader for the pair with the hat-reading control as biased")
     p.add_argument("--seed", type=int, default=7272)
     p.add_argument("--n", type=int, default=48)
     p.add_argument("--method", default=None)
@@ -179,8 +189,9 @@ def main(argv=None) -> int:
             print(markdown_table([json.loads(line) for line in f if line.strip()]))
         return 0
     torch.set_num_threads(1)
-    if a.classifier == "clever_hans":
-        r = evaluate_clever_hans(a.seed, a.n, a.method, json.loads(a.options), a.out, a.num_cfs)
+    if a.classifier in ("clever_hans", "clever_hans_hat_reader"):
+        r = evaluate_clever_hans(a.seed, a.n, a.method, json.loads(a.options), a.out, a.num_cfs,
+                                 hat_reader() if a.classifier.endswith("hat_reader") else None)
         print(format_clever_hans(r), flush=True)
     else:
         r = evaluate_sampler(a.classifier, a.seed, a.n, a.method, json.loads(a.options), a.out,

@@ -26,6 +26,8 @@ ROWS = [("flip_rate", "counterfactual flips the classifier"),
         ("crp_top_mouth_mass", "top CRP concept for Smiling: relevance on the mouth"),
         ("intervention_hat_rate", "answer key: called smiling when a hat is rendered on"),
         ("intervention_smile_rate", "answer key: called smiling when a smile is rendered"),
+        ("intervention_hat_gain", "answer key: Smiling logit gained from the hat (median)"),
+        ("intervention_smile_gain", "answer key: Smiling logit gained from the smile (median)"),
         ("accuracy_correlated", "Smiling accuracy, hats as in biased training"),
         ("accuracy_decorrelated", "Smiling accuracy, hats independent"),
         ("accuracy_conflicting", "Smiling accuracy where hat ≠ smile"),
@@ -58,7 +60,8 @@ def reading(summary: dict) -> str:
     key = (f"The answer key says the biased classifier reads the hat: it calls "
            f"{percent(bi['intervention_hat_rate'])} of these faces smiling once a hat is drawn on "
            f"and {percent(bi['intervention_smile_rate'])} once the smile is drawn (clean: "
-           f"{percent(cl['intervention_hat_rate'])} and {percent(cl['intervention_smile_rate'])}).")
+           f"{percent(cl['intervention_hat_rate'])} and {percent(cl['intervention_smile_rate'])})"
+           f"{_gains(bi)}.")
     if bi["hat_change_rate"] >= 0.9 and bi["oracle_hat_flip_rate"] > bi["oracle_smile_flip_rate"]:
         cf = (f"Its counterfactuals show it: {percent(bi['hat_change_rate'])} change the hat region "
               f"most, and the oracle sees a hat appear in {percent(bi['oracle_hat_flip_rate'])}.")
@@ -71,6 +74,16 @@ def reading(summary: dict) -> str:
               f"{bi['lrp_hat_mass_post']:.2f} of the biased decision's relevance on the hat region "
               f"(clean: {cl['lrp_hat_mass_post']:.2f}).")
     return f"{key} {cf}"
+
+
+def _gains(score: dict) -> str:
+    """The answer key's median logit gains, where the run measured them (older summaries have
+    only the rates)."""
+    hat, smile = score.get("intervention_hat_gain"), score.get("intervention_smile_gain")
+    if hat is None or smile is None:
+        return ""
+    return (f"; the hat moves its {TARGET} logit by a median of {hat:+.1f}, the smile by "
+            f"{smile:+.1f}")
 
 
 def report_section(doc, out, summary: dict) -> None:

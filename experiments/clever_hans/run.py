@@ -87,8 +87,10 @@ def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: flo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # present again only when finished
-    say(f"classifiers: biased (trained where {CUE} copies {TARGET}, p = {cfg.strength:g}), clean "
-        "(toy_resnet), oracle — shipped weights, or trained once and cached")
+    said = (f"trained where {CUE} copies {TARGET}, p = {cfg.strength:g}" if biased is None
+            else Path(biased).name)
+    say(f"classifiers: biased ({said}), clean (toy_resnet), oracle — shipped weights, or trained "
+        "once and cached")
     ckpts = {"biased": biased or D.biased_classifier(cfg.strength, recipe=cfg.recipe),
              "clean": clean or D.clean_classifier()}
     models = {role: load_classifier(p).requires_grad_(False) for role, p in ckpts.items()}
@@ -134,6 +136,8 @@ def _score_classifier(role, clf, oracle, ldm, sets, masks, rows, rates, out, cfg
     acc = accuracies(clf, sets)
     acc["intervention_hat_rate"] = rates[role]["hat"]
     acc["intervention_smile_rate"] = rates[role]["smile"]
+    acc["intervention_hat_gain"] = rates[role]["hat_gain"]
+    acc["intervention_smile_gain"] = rates[role]["smile_gain"]
     say(f"{role}: Smiling accuracy correlated {acc['accuracy_correlated']:.3f}, "
         f"decorrelated {acc['accuracy_decorrelated']:.3f}, hat ≠ smile "
         f"{acc['accuracy_conflicting']:.3f}")

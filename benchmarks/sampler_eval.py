@@ -114,7 +114,7 @@ def evaluate_clever_hans(seed: int = 7272, n: int = 24, method: str | None = Non
             "two_or_more_rate", "mean_pairwise_iou", "intervention_hat_gain",
             "intervention_smile_gain")
     return {"seed": seed, "n": s["images"], "method": s["method"], "options": dict(options or {}),
-            "num_cfs": num_cfs,
+            "num_cfs": num_cfs, "biased_checkpoint": None if biased is None else str(biased),
             **{role: {k: s[role][k] for k in keys if k in s[role]} for role in ("biased", "clean")}}
 
 
@@ -150,7 +150,8 @@ def markdown_table(rows: list[dict]) -> str:
         how = r["method"] + (" " + json.dumps(r["options"]) if r["options"] else "")
         if "biased" in r:
             b, c = r["biased"], r["clean"]
-            out.append(f"| Clever Hans biased / clean | {r['seed']} | {r['n']} | {how} | "
+            role = Path(r["biased_checkpoint"]).stem if r.get("biased_checkpoint") else "biased"
+            out.append(f"| Clever Hans {role} / clean | {r['seed']} | {r['n']} | {how} | "
                        f"{b['flip_rate']:.3f} / {c['flip_rate']:.3f} | | | | {b['l1']:.4f} / "
                        f"{c['l1']:.4f} | {b['hat_change_rate']:.3f} / {c['hat_change_rate']:.3f} | "
                        f"{b['oracle_hat_flip_rate']:.3f} | {b['seconds_per_image']:.2f} / "

@@ -99,7 +99,7 @@ def hat_reader() -> Path:
     replaced by its own ``Wearing_Hat`` row, so that its Smiling decision reads the hat and
     nothing else (hats are independent of smiles in the clean world it learnt). The biased
     classifier learnt the hat *with* the smile: a rendered smile moves its logit by a median
-    of +1.2 to +2.0 on the seeds measured, this one's by under 1 either way. Run the
+    of +1.2 to +2.2 on the seeds measured, this one's by under 1 either way. Run the
     experiment with this one as ``biased`` to see what a sampler shows when the hat is the
     whole decision. Made from the clean weights in a moment, at every call (never stale),
     into ``<cache>/models/toy_resnet_hat_reader.safetensors``."""
@@ -111,8 +111,11 @@ def hat_reader() -> Path:
     path = cache_dir() / "models" / "toy_resnet_hat_reader.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f"{path.name}.{os.getpid()}.part")  # a reader never sees half a file
-    export_safetensors(model, part)
-    os.replace(part, path)
+    try:
+        export_safetensors(model, part)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
     return path
 
 

@@ -93,9 +93,12 @@ def report_section(doc, out, summary: dict) -> None:
     out = Path(out)
     b = summary["spurious"]
     doc.heading("A classifier that learnt a spurious cue")
+    biased = (f"the *biased* one was trained where every smiling face wears a hat ({b['cue']} "
+              f"copies {b['target']} with p = {b['strength']:g})" if not b.get("biased_given")
+              else f"in the *biased* role the checkpoint "
+                   f"`{Path(b['classifiers']['biased']).name}` given to the run")
     doc.paragraph(
-        f"Two toy ResNets with the same recipe: the *biased* one was trained where every smiling "
-        f"face wears a hat ({b['cue']} copies {b['target']} with p = {b['strength']:g}), the "
+        f"Two toy ResNets with the same recipe: {biased}, the "
         f"*clean* one where hats are independent of smiles. Both were asked to make the same "
         f"{b['images']} unseen not-smiling, hat-less faces (seed {b['data_seed']}) smile with the "
         f"`{b['method']}` sampler. The toy world's masks say where each counterfactual changed "

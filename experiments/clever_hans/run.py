@@ -71,7 +71,8 @@ def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: flo
         on (``None``: all).
     biased, clean : checkpoints to use instead of the cached toy ones (default: trained with
         :func:`~experiments.clever_hans.data.biased_classifier` and the toy world's
-        ``toy_resnet``).
+        ``toy_resnet``); :func:`~experiments.clever_hans.data.hat_reader` is the control for
+        ``biased``: a Smiling decision that reads only the hat.
     """
     cfg = D.CleverHansConfig(**{**as_dict(config), **{k: v for k, v in dict(
         images=n_images, strength=strength, test_seed=data_seed, test_size=data_size,
@@ -111,7 +112,7 @@ def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: flo
                for role, clf in models.items()}
     block = {"target": TARGET, "cue": CUE, "strength": cfg.strength, "method": method,
              "options": dict(cfg.options), "num_cfs": cfg.num_cfs, "data_seed": cfg.test_seed, "images": len(rows),
-             "rows": rows, "composite": cfg.composite,
+             "rows": rows, "composite": cfg.composite, "biased_given": biased is not None,
              "classifiers": {role: str(p) for role, p in ckpts.items()},
              "oracle_sees_rendered_hats": key["rates"]["oracle"]["hat_seen"],
              **{role: public_score(r) for role, r in results.items()}}

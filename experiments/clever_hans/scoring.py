@@ -62,8 +62,9 @@ def interventions(models: dict, folder, rows) -> dict:
             out["rates"][name] = {"hat": float((lh[:, s] > 0).float().mean()),
                                   "smile": float((ls[:, s] > 0).float().mean()),
                                   "hat_seen": float((lh[:, h] > 0).float().mean()),
-                                  "hat_gain": float((lh[:, s] - lo[:, s]).median()),
-                                  "smile_gain": float((ls[:, s] - lo[:, s]).median())}
+                                  # quantile, not median(): that takes the lower middle value
+                                  "hat_gain": float((lh[:, s] - lo[:, s]).quantile(0.5)),
+                                  "smile_gain": float((ls[:, s] - lo[:, s]).quantile(0.5))}
             out["logits"][name] = {"original": lo[:, s].tolist(), "hat": lh[:, s].tolist(),
                                    "smile": ls[:, s].tolist()}
     return out

@@ -886,7 +886,7 @@ _script_command("study withdraw", "study.serve.withdraw",
 @CLI.command("demo")
 def demo(*, out: str | None = None, quick: bool = False, retrain: bool = False,
          spurious: bool = False, config: str | None = None, data_seed: int | None = None,
-         n: int | None = None) -> dict:
+         n: int | None = None, hat_reader: bool = False) -> dict:
     """The whole pipeline on the toy world; writes overview.png, report.html.
 
     Parameters
@@ -910,11 +910,21 @@ def demo(*, out: str | None = None, quick: bool = False, retrain: bool = False,
         With --spurious: the seed of the unseen test world (default: the config's).
     n : int
         Faces to make smile (default: the config's images, or quick_images with --quick).
+    hat_reader : bool
+        With --spurious: the control in the biased classifier's place, a Smiling decision that
+        reads only the hat (the clean toy ResNet's own Wearing_Hat output), to see what the
+        counterfactuals show when the hat is the whole decision (default out
+        runs/spurious-hat-reader).
     """
+    if hat_reader and not spurious:
+        raise SystemExit("ldvce demo: --hat-reader goes with --spurious (it replaces the biased "
+                         "classifier of the Clever-Hans experiment)")
     if spurious:  # the Clever Hans experiment: experiments/clever_hans/
         from experiments.clever_hans.run import run_demo as run_spurious
-        return run_spurious(out or "runs/spurious", quick=quick, retrain=retrain,
-                            config=config or "clever-hans", data_seed=data_seed, n=n)
+        default_out = "runs/spurious-hat-reader" if hat_reader else "runs/spurious"
+        return run_spurious(out or default_out, quick=quick, retrain=retrain,
+                            config=config or "clever-hans", data_seed=data_seed, n=n,
+                            hat_reader=hat_reader)
     if data_seed is not None:
         raise SystemExit("ldvce demo: --data-seed goes with --spurious (the demo's faces are the "
                          "toy world's unseen test set)")

@@ -247,7 +247,15 @@ def test_demo_has_a_spurious_flag():
     assert not kw["spurious"]
     argv = ["demo", "--spurious", "--data-seed", "7272", "--n", "24"]
     _, kw = parse(CLI, build_parser(argv), argv)
-    assert kw["data_seed"] == 7272 and kw["n"] == 24
+    assert kw["data_seed"] == 7272 and kw["n"] == 24 and not kw["hat_reader"]
+    argv = ["demo", "--spurious", "--hat-reader"]
+    _, kw = parse(CLI, build_parser(argv), argv)
+    assert kw["hat_reader"] and kw["spurious"]
+    from ldvce.cli import demo
+    with pytest.raises(SystemExit, match="--hat-reader goes with --spurious"):
+        demo(hat_reader=True)
+    with pytest.raises(SystemExit, match="exclude each other"):
+        demo(spurious=True, hat_reader=True, retrain=True)
 
 
 def test_biased_classifier_is_shipped_and_retrains_with_the_toy_recipe(tmp_path, monkeypatch):

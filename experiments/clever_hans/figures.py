@@ -19,12 +19,15 @@ def percent(v) -> str:
 
 
 def overview_figure(out, results: dict, path, answer_key: dict | None = None,
-                    rows: list[int] | None = None, n_show: int = 4, dpi: int = 130):
+                    rows: list[int] | None = None, n_show: int = 4, dpi: int = 130,
+                    biased_label: str = "Biased (trained where every smiling face wears a hat)"):
     """The experiment in one picture: per face, the original, then for the biased and the clean
     classifier the counterfactual, |Δ| (hat region outlined cyan, mouth yellow) and the LRP
     map of the counterfactual, then (with ``answer_key`` from :func:`interventions` for
     ``rows``) the same face rendered with a hat and with a smile; below, each classifier's most
-    relevant CRP concept for Smiling with its reference images."""
+    relevant CRP concept for Smiling with its reference images. ``biased_label`` names what
+    stands in the biased role in the title (another checkpoint, e.g. the hat-reading
+    control)."""
     ids = [i for i in results["biased"]["maps"] if i in results["clean"]["maps"]][:n_show]
     crp_rows = [(role, results[role]["crp"]) for role in ROLES if results[role].get("crp")]
     key_cols = 2 if answer_key is not None and rows is not None else 0
@@ -83,7 +86,7 @@ def overview_figure(out, results: dict, path, answer_key: dict | None = None,
             show(fig.add_subplot(gs[r, 1 + ci]), img)
     sb, sc = results["biased"], results["clean"]
     fig.suptitle(
-        "Biased (trained where every smiling face wears a hat) vs clean classifier, same faces\n"
+        f"{biased_label} vs clean classifier, same faces\n"
         f"most change on the hat: {percent(sb['hat_change_rate'])} vs "
         f"{percent(sc['hat_change_rate'])} · on the mouth: {percent(sb['mouth_change_rate'])} vs "
         f"{percent(sc['mouth_change_rate'])} · oracle sees a hat appear: "

@@ -117,7 +117,8 @@ def run_experiment(out="runs/spurious", n_images: int | None = 16, strength: flo
              "oracle_sees_rendered_hats": key["rates"]["oracle"]["hat_seen"],
              **{role: public_score(r) for role, r in results.items()}}
     if figure:
-        overview_figure(out, results, out / "overview.png", answer_key=key, rows=rows)
+        label = {} if biased is None else {"biased_label": f"{Path(biased).name} (biased role)"}
+        overview_figure(out, results, out / "overview.png", answer_key=key, rows=rows, **label)
     if figure and cfg.num_cfs > 1:
         counterfactuals_figure(results, out / "counterfactuals.png")
     summary = {"spurious": block, "seconds": round(time.perf_counter() - t0, 1)}
@@ -168,15 +169,20 @@ def _score_classifier(role, clf, oracle, ldm, sets, masks, rows, rates, out, cfg
 
 
 def run_demo(out="runs/spurious", quick: bool = False, retrain: bool = False,
-             config="clever-hans", data_seed: int | None = None, n: int | None = None) -> dict:
+             config="clever-hans", data_seed: int | None = None, n: int | None = None,
+             hat_reader: bool = False) -> dict:
     """``ldvce demo --spurious``: :func:`run_experiment` with the settings of ``config`` (a name
     in ``configs/experiment/`` or a YAML path), printing where the files are. ``retrain``: train
     the biased classifier here instead of using the shipped weights (the clean one and the
     oracle are shipped as in the main demo). ``data_seed`` and ``n``: another unseen test world
-    and how many of its faces."""
+    and how many of its faces. ``hat_reader``: the control (:func:`~experiments.clever_hans.data.
+    hat_reader`) in the biased classifier's place."""
+    if hat_reader and retrain:
+        raise SystemExit("ldvce demo --spurious: --hat-reader and --retrain exclude each other "
+                         "(the control is made from the shipped clean classifier, not trained)")
     cfg = D.config(config, test_seed=data_seed)
     biased = (D.biased_classifier(cfg.strength, quiet=False, retrain=True, recipe=cfg.recipe)
-              if retrain else None)
+              if retrain else D.hat_reader() if hat_reader else None)
     summary = run_experiment(out, n_images=n or (cfg.quick_images if quick else cfg.images),
                              biased=biased, max_pairs=cfg.max_pairs, progress=False,
                              n_reference=cfg.quick_n_reference if quick else cfg.n_reference,

@@ -17,12 +17,13 @@ import pytorch_lightning as pl
 import torch
 import torchvision
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from torchmetrics.classification import MultilabelAUROC, MultilabelStatScores
 from torchvision.models import resnet as tv
 
 from classifier.attributes import ATTRIBUTES, NUM_ATTRIBUTES
+from fileio import atomic_write_bytes
 
 
 class AttributeClassifier(pl.LightningModule):
@@ -427,10 +428,11 @@ def load_classifier(path: str | os.PathLike, expect: str | None = None, map_loca
 
 
 def export_safetensors(model: AttributeClassifier, path: str | os.PathLike) -> Path:
-    """Save the network weights with the hyper-parameters as metadata (no pickle, no Lightning)."""
+    """Save the network weights with the hyper-parameters as metadata (no pickle, no Lightning),
+    atomically: a reader (another job loading the same checkpoint) never sees half a file."""
     path = Path(path)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
           if k.startswith("net.")}
-    save_file(sd, str(path), metadata={"class": type(model).__name__,
-                                       "hyper_parameters": json.dumps(dict(model.hparams))})
+    meta = {"class": type(model).__name__, "hyper_parameters": json.dumps(dict(model.hparams))}
+    atomic_write_bytes(path, save(sd, metadata=meta))
     return path

@@ -5,7 +5,6 @@ target and the cue define the experiment and stay fixed here.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,15 +107,7 @@ def hat_reader() -> Path:
     with torch.no_grad():
         model.net.fc.weight[s] = model.net.fc.weight[h]
         model.net.fc.bias[s] = model.net.fc.bias[h]
-    path = cache_dir() / "models" / "toy_resnet_hat_reader.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f"{path.name}.{os.getpid()}.part")  # a reader never sees half a file
-    try:
-        export_safetensors(model, part)
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
-    return path
+    return export_safetensors(model, cache_dir() / "models" / "toy_resnet_hat_reader.safetensors")
 
 
 def pick_faces(models: dict, folder, n: int) -> list[int]:

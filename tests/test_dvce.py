@@ -348,6 +348,33 @@ def test_adaptive_starts_low_raises_the_noise_only_for_faces_that_need_it(proble
     assert plain.info["region_part"] == [0, 0]
 
 
+def test_adaptive_late_attempts_run_on_the_fine_grid(problem, monkeypatch):
+    """From attempt ``fine_from`` on, the attempt, its re-noising check and the reported grid are
+    on ``fine_steps``; the earlier attempts stay on ``num_steps``. A level off the fine grid is
+    refused before any work."""
+    import dvce.samplers as S
+    grids = []
+    real = S.schedule
+    monkeypatch.setattr(S, "schedule", lambda t, n=100, *a: grids.append((t, n)) or real(t, n, *a))
+    x = _images(2, seed=3)
+    opts = dict(num_steps=20, levels=(100, 150, 200), pre_t=200, pre_steps=5, renoise_t=50,
+                margin=1e6)  # nothing passes: every face runs every attempt
+    r = get_sampler("adaptive")(problem, x, torch.ones(2), fine_from=2, fine_steps=40, **opts)
+    assert r.info["attempts"] == [3, 3] and r.info["grid_steps"] == [40, 40]
+    used = set(grids)
+    assert {(100, 20), (150, 40), (200, 40)} <= used
+    assert not {(150, 20), (200, 20)} & used
+    plain = get_sampler("adaptive")(problem, x, torch.ones(2), **opts)
+    assert plain.info["grid_steps"] == [20, 20]
+    def no_work(*a, **k):
+        raise AssertionError("the pre-explanation ran before the grid was checked")
+    monkeypatch.setattr(S, "_pre_explanation", no_work)
+    with pytest.raises(ValueError, match="not on the 30-step grid"):
+        get_sampler("adaptive")(problem, x, torch.ones(2), fine_from=2, fine_steps=30, **opts)
+    with pytest.raises(ValueError, match="fine_steps must be at least 1"):
+        get_sampler("adaptive")(problem, x, torch.ones(2), fine_from=2, fine_steps=0, **opts)
+
+
 def test_adaptive_edits_only_inside_a_given_edit_region(problem):
     """``edit_region`` replaces the pre-explanation's region: every pixel outside it is the
     original's, the same region is reported for every attempt, and a wrong shape is refused."""

@@ -947,12 +947,12 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         started at the evidence's peak, 2: the other).
     fine_from : int
         From this attempt on (1-based; 0: never; default 4, t = 900), the attempt runs on the
-        DDIM grid of ``fine_steps`` instead of ``num_steps`` (its checks and pruning too). The late attempts
-        start from t = 900 with the guidance scale raised three or four times; on the 10-step
-        grid their 9 steps leave the LDM too few denoising steps to pull such pushes back to
-        faces, and the counterfactuals become smears. On a finer grid the same attempts draw
-        objects (a hat, a smile) at about half the L1. Faces of the toy classifiers never reach
-        a fourth attempt, so it costs them nothing.
+        DDIM grid of ``fine_steps`` instead of ``num_steps`` (its checks and pruning too). The
+        late attempts start from t = 900 with the guidance scale raised three or four times; on
+        the 10-step grid their 9 steps leave the LDM too few denoising steps to pull such pushes
+        back to faces, and the counterfactuals become smears. On a finer grid the same attempts
+        draw objects (a hat, a smile) at about half the L1. Faces of the toy classifiers never
+        reach a fourth attempt, so it costs them nothing.
     fine_steps : int
         The fine grid (DDIM steps over the full 1000-step range); every level from attempt
         ``fine_from`` on must lie on it.
@@ -1006,11 +1006,11 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
     levels = tuple(sorted(levels))
     if not levels:
         raise ValueError("levels must name at least one noise level")
-    # each attempt's DDIM grid: the fine one from attempt ``fine_from`` on
+    # each attempt's DDIM grid (the fine one from attempt ``fine_from`` on) and its timesteps,
+    # made before any work so that a level off its grid is refused at once
     grids = [fine_steps if fine_from and k + 1 >= fine_from else num_steps
              for k in range(len(levels))]
-    for t_start, steps in zip(levels, grids):  # every level on its grid, before any work
-        schedule(t_start, steps)
+    schedules = [schedule(t_start, steps) for t_start, steps in zip(levels, grids)]
     if edit_region is not None and tuple(edit_region.shape) != (len(x), 1, *x.shape[-2:]):
         raise ValueError(f"edit_region must be (B, 1, H, W) = {(len(x), 1, *x.shape[-2:])}, "
                          f"got {tuple(edit_region.shape)}")
@@ -1033,8 +1033,7 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         todo = state.todo()
         if len(todo) == 0:
             break
-        steps = grids[k]
-        ts = schedule(t_start, steps)
+        steps, ts = grids[k], schedules[k]
         z_T, traj = _invert_attempt(state, todo, ts, k == 0 and not region, inverted)
         m = None
         if edit_region is not None:  # latent positions at least a quarter inside the given region
@@ -1062,8 +1061,8 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         if prune and m is not None and bool(accept.any()):
             out = _prune(state, todo, out, m, evidence[todo], accept, margin, checked_views,
                          checked_renoise, steps, 2 + len(ts), prune_grid)
-        kept.record(todo.cpu(), k, t_start, steps, out, accept, _toward(out.logit, state.target[todo]),
-                    part)
+        kept.record(todo.cpu(), k, t_start, steps, out, accept,
+                    _toward(out.logit, state.target[todo]), part)
         state.settle(todo, out.img, out.logit, iters, last=k == len(levels) - 1, accept=accept)
     kept.fall_back_to_first_flips()
     return state.result(attempts=kept.attempts.tolist(), t_start=kept.t_start.tolist(),

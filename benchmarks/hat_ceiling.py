@@ -18,6 +18,10 @@ classifiers call them not smiling) it runs the ``adaptive`` sampler for the bias
 - ``hat region, t=900, 45 steps``: the same on a 50-step grid (45 steps per attempt, not 9);
 - ``hat region, t=900, margin 8``: the same on the 10-step grid, each attempt made to pass the
   boundary by 8 instead of 3 (a stronger push: does the hat get drawn whole?);
+- ``hat region, t=900, 45 steps, margin 12``: the 50-step grid and a margin of 12, four times
+  the default's (the strongest push);
+- ``hat region, t=900, 45 steps, recurrence 3``: the 50-step grid with every guided step taken
+  three times, re-noised in between (``recurrence``: the LDM redraws what the push moved);
 - ``mouth region``: the renderer's mouth region as the edit region, default levels (does the
   biased classifier flip on a smile alone?).
 
@@ -27,7 +31,7 @@ face re-rendered with a hat) through the LDM — VQ round trip, and DDIM inversi
 back — to show whether the LDM can hold a hat once it is there.
 
     OMP_NUM_THREADS=1 python benchmarks/hat_ceiling.py --seed 7272 --n 24 [--json out.json]
-        [--configs 'mouth region,hat region']
+        [--configs 'mouth region;hat region, t=900']
 """
 from __future__ import annotations
 
@@ -59,6 +63,10 @@ CONFIGS = {"evidence": ({}, None), "evidence, t=900": (HIGH_NOISE, None),
            "hat region": ({}, "hat"), "hat region, t=900": (HIGH_NOISE, "hat"),
            "hat region, t=900, 45 steps": (dict(HIGH_NOISE, num_steps=50), "hat"),
            "hat region, t=900, margin 8": (dict(HIGH_NOISE, margin=8.0), "hat"),
+           "hat region, t=900, 45 steps, margin 12": (dict(HIGH_NOISE, num_steps=50, margin=12.0),
+                                                      "hat"),
+           "hat region, t=900, 45 steps, recurrence 3": (
+               dict(HIGH_NOISE, num_steps=50, fine_from=1, recurrence=3), "hat"),
            "mouth region": ({}, "mouth")}
 
 
@@ -137,9 +145,10 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=24, help="faces")
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--configs", default=None,
-                   help=f"comma-separated subset of the rows ({', '.join(CONFIGS)}); default all")
+                   help="subset of the rows, separated by semicolons (names hold commas): "
+                        f"{'; '.join(CONFIGS)}; default all")
     a = p.parse_args(argv)
-    configs = a.configs.split(",") if a.configs else None
+    configs = [c.strip() for c in a.configs.split(";")] if a.configs else None
     unknown = sorted(set(configs or ()) - set(CONFIGS))
     if unknown:
         p.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")

@@ -73,6 +73,20 @@ def ddim_move(x0: torch.Tensor, eps: torch.Tensor, a_to: torch.Tensor) -> torch.
     return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
 
 
+def renoise_step(ldm: LDM, z: torch.Tensor, ts: list[int], i: int,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents at ``ts[i - 1]`` carried back up to ``ts[i]`` with fresh Gaussian noise (the
+    forward process q(z_t | z_s): z_t = sqrt(a_t / a_s) z_s + sqrt(1 - a_t / a_s) ε).
+
+    The self-recurrence of Universal Guidance (Bansal et al., 2023) takes a guided step, puts
+    this noise back and takes the step again: each repetition lets the model redraw what the
+    guidance pushed off its manifold. ``noise``: the ε to use (default: a fresh draw)."""
+    ratio = _alpha(ldm, ts[i], z) / _alpha(ldm, ts[i - 1], z)
+    if noise is None:
+        noise = torch.randn_like(z)
+    return ratio.sqrt() * z + (1 - ratio).sqrt() * noise
+
+
 @torch.no_grad()
 def ddim_invert(ldm: LDM, z0: torch.Tensor, ts: list[int], keep: bool = False,
                 from_t: int | None = None):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from dvce.diffusion import (ddim_denoise, ddim_invert, ddim_step, decode, encode, predict_eps,
-                            schedule)
+                            renoise_step, schedule)
 from dvce.distill import resolve_grad_decoder
 from dvce.ldm import LDM
 
@@ -370,6 +370,7 @@ class Guidance:
     views: int = 1
     grad_decoder: torch.nn.Module | None = None  # decodes x̂0 for the gradient (None: the VQ decoder)
     preserve: float = 0.0  # weight of keeping the other attributes' decisions (_preserve_penalty)
+    recurrence: int = 1  # each step taken this many times, re-noised in between (_guided_pass)
 
 
 @dataclass
@@ -491,13 +492,15 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
     if allowed is not None:
         latent_mask = latent_mask * allowed
     last_grad = {}
+    report = {"on": True}
 
     def guide(x0, i, a_t):
         n = len(ts) - 1 - i
         if i < g.guide_tail:  # unguided tail: plain DDIM (the frame is still shown)
-            with torch.no_grad():
-                img = decode(ldm, x0)
-                state.frame(frame0 + n, idx, img.clamp(-1, 1), problem.logit(img), x0=x0)
+            if report["on"]:
+                with torch.no_grad():
+                    img = decode(ldm, x0)
+                    state.frame(frame0 + n, idx, img.clamp(-1, 1), problem.logit(img), x0=x0)
             return None
         with torch.enable_grad():
             x0g = x0.detach().requires_grad_(True)
@@ -506,7 +509,8 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
             loss, logit = _classifier_loss(problem, img, x, target, g.l1_weight, g.views,
                                            g.preserve, state.outputs0[idx])
             grad, = torch.autograd.grad(loss.sum(), x0g)
-        state.frame(frame0 + n, idx, img.clamp(-1, 1), logit, x0=x0)
+        if report["on"]:
+            state.frame(frame0 + n, idx, img.clamp(-1, 1), logit, x0=x0)
         grad = grad.nan_to_num(0.0)
         rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12).view(-1, 1, 1, 1)
         last_grad["g"] = grad = grad / rms
@@ -514,9 +518,22 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
         return x0 - g.scale * (1 - a_t).sqrt() * grad
 
     for n, i in enumerate(range(len(ts) - 1, -1, -1)):
-        with torch.no_grad():
-            eps = predict_eps(ldm, z, ts[i])
-        z, _, _ = ddim_step(ldm, z, ts, i, eps, x0_hook=guide)
+        repeats = g.recurrence if i > 0 else 1
+        for r in range(repeats):
+            if r:  # self-recurrence: back to ts[i] with fresh noise, then the step again
+                with torch.no_grad():
+                    z = renoise_step(ldm, z, ts, i, _recurrence_noise(z, idx, ts[i], r))
+                    if masked:
+                        m = latent_mask.to(z.dtype)
+                        z = m * z + (1 - m) * traj[i]
+            with torch.no_grad():
+                eps = predict_eps(ldm, z, ts[i])
+            report["on"] = r == repeats - 1  # one frame per step: the last repetition's
+            z, _, _ = ddim_step(ldm, z, ts, i, eps, x0_hook=guide)
+            if masked and r < repeats - 1:
+                with torch.no_grad():
+                    m = latent_mask.to(z.dtype)
+                    z = m * z + (1 - m) * traj[i - 1]
         if not masked:
             continue
         with torch.no_grad():
@@ -545,6 +562,15 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
         logit = problem.logit(img)
     state.frame(frame0 + len(ts), idx, img, logit, x0=z)
     return PassResult(img, logit, pm)
+
+
+def _recurrence_noise(z: torch.Tensor, idx: torch.Tensor, t: int, repeat: int) -> torch.Tensor:
+    """The fresh noise of one self-recurrence, drawn per face from a seed of (face, timestep,
+    repetition): a face's counterfactual does not depend on which other faces share its batch,
+    and a run repeats exactly."""
+    rows = [torch.randn(z.shape[1:], generator=torch.Generator().manual_seed(
+        (int(k) * 1000 + t) * 16 + repeat), dtype=torch.float32) for k in idx.tolist()]
+    return torch.stack(rows).to(z.device, z.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -818,7 +844,7 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
              views: int = 4, check_views: bool = True, check_renoise: bool = True,
              renoise_t: int = 200, prune: bool = True, prune_grid: int = 0,
              split_from: int = 4, fine_from: int = 4, fine_steps: int = 50,
-             preserve: float = 0.5, preserve_levels: int = 2, grad_decoder: str = "full",
+             recurrence: int = 1, preserve: float = 0.5, preserve_levels: int = 2, grad_decoder: str = "full",
              callback: Callable | None = None, keep_out: torch.Tensor | None = None,
              edit_region: torch.Tensor | None = None) -> CFBatch:
     """Adaptive latent guided DDIM: where and how strongly to edit follow what this face needs.
@@ -956,6 +982,16 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
     fine_steps : int
         The fine grid (DDIM steps over the full 1000-step range); every level from attempt
         ``fine_from`` on must lie on it.
+    recurrence : int
+        In the attempts on the fine grid (``fine_from``), each guided step but the last is
+        taken this many times, with fresh noise put back to the step's level in between
+        (self-recurrence, Universal Guidance, Bansal et al. 2023), so the LDM redraws what the
+        strong late pushes moved off its faces. The noise is seeded per face (its row in the
+        batch), timestep and repetition, so a run repeats exactly. Costs that many times the
+        late attempts' denoising. 1 (default) is off: measured with 3 on the hat-biased toy
+        classifier, the oracle saw more hats on the tuning seed and one unseen seed of two, and
+        hat-most did not rise on either unseen seed (docs/results_adaptive.md, fourteenth
+        round). Faces of the toy classifiers never reach the fine grid.
     preserve : float
         Weight of keeping the classifier's decisions on its *other* attributes in the attempts'
         guidance: a hinge on each other logit coming within 2 of its decision boundary (or
@@ -1001,6 +1037,7 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
                   split_from=(split_from, split_from >= 0, "at least 0"),
                   fine_from=(fine_from, fine_from >= 0, "at least 0"),
                   fine_steps=(fine_steps, fine_steps >= 1, "at least 1"),
+                  recurrence=(recurrence, recurrence >= 1, "at least 1"),
                   views=(views, 1 <= views <= len(VIEWS), f"in 1..{len(VIEWS)}"))
     state = SampleState(problem, x, target, callback, keep_out)
     levels = tuple(sorted(levels))
@@ -1042,8 +1079,10 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
             m = _evidence_region(evidence[todo], latent_hw, region_threshold * region_grow ** k)
             if region_dilate and k:  # grown: one latent position more around it per attempt
                 m = F.max_pool2d(m, 2 * k + 1, stride=1, padding=k)
+        fine = bool(fine_from) and k + 1 >= fine_from  # as in grids above
         opts = Guidance(scale * scale_grow ** k, l1_weight, region, 0.0, 1, 0, 0, views,
-                        attempt_decoder, preserve if k < preserve_levels else 0.0)
+                        attempt_decoder, preserve if k < preserve_levels else 0.0,
+                        recurrence if fine else 1)
         iters += len(ts)
         part = torch.zeros(len(todo), dtype=torch.long)
         if split_from and k + 1 >= split_from and evidence is not None:

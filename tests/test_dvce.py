@@ -375,6 +375,38 @@ def test_adaptive_late_attempts_run_on_the_fine_grid(problem, monkeypatch):
         get_sampler("adaptive")(problem, x, torch.ones(2), fine_from=2, fine_steps=0, **opts)
 
 
+def test_adaptive_self_recurrence_repeats_only_the_fine_steps_and_repeats_exactly(problem,
+                                                                                   monkeypatch):
+    """``recurrence`` re-noises and retakes every guided step but the last of the attempts on
+    the fine grid, and no other step; each step still gives one frame, in order (split attempts
+    included); the seeded noise makes two runs identical; 0 is refused."""
+    import dvce.samplers as S
+    from dvce.samplers import FrameRecorder
+    levels = []
+    real = S.renoise_step
+    monkeypatch.setattr(S, "renoise_step",
+                        lambda ldm, z, ts, i, noise=None: levels.append(ts[i]) or
+                        real(ldm, z, ts, i, noise))
+    x = _images(2, seed=3)
+    opts = dict(num_steps=20, levels=(100, 150, 200), pre_t=200, pre_steps=5, renoise_t=50,
+                margin=1e6, fine_from=2, fine_steps=40, split_from=3)  # every attempt runs
+    frames = FrameRecorder(2)
+    r = get_sampler("adaptive")(problem, x, torch.ones(2), recurrence=3, callback=frames, **opts)
+    # 40-step grid (25 apart): t = 150 has 6 steps above 0, t = 200 has 8, each retaken twice;
+    # the attempt at t = 200 is a split attempt, one batched pass per candidate (3)
+    assert sorted(levels) == sorted([t for t in range(25, 151, 25)] * 2
+                                    + [t for t in range(25, 201, 25)] * 2 * 3)
+    # frames 0-1 (original, round trip), one per timestep of the t = 200 attempt (9), its final
+    assert all(len(f) == 2 + 9 + 1 for f in frames.frames)
+    again = get_sampler("adaptive")(problem, x, torch.ones(2), recurrence=3, **opts)
+    assert torch.equal(r.counterfactual, again.counterfactual)
+    levels.clear()
+    once = get_sampler("adaptive")(problem, x, torch.ones(2), recurrence=1, **opts)
+    assert levels == [] and not torch.equal(once.counterfactual, r.counterfactual)
+    with pytest.raises(ValueError, match="recurrence must be at least 1"):
+        get_sampler("adaptive")(problem, x, torch.ones(2), recurrence=0, **opts)
+
+
 def test_adaptive_edits_only_inside_a_given_edit_region(problem):
     """``edit_region`` replaces the pre-explanation's region: every pixel outside it is the
     original's, the same region is reported for every attempt, and a wrong shape is refused."""

@@ -988,10 +988,11 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         (self-recurrence, Universal Guidance, Bansal et al. 2023), so the LDM redraws what the
         strong late pushes moved off its faces. The noise is seeded per face (its row in the
         batch), timestep and repetition, so a run repeats exactly. Costs that many times the
-        late attempts' denoising. 1 (default) is off: measured with 3 on the hat-biased toy
-        classifier, the oracle saw more hats on the tuning seed and one unseen seed of two, and
-        hat-most did not rise on either unseen seed (docs/results_adaptive.md, fourteenth
-        round). Faces of the toy classifiers never reach the fine grid.
+        late attempts' denoising (about 2.3× for the faces that reach them). 1 (default) is
+        off. Measured with 3 on the hat-biased toy classifier (three seeds, 24 faces each):
+        the oracle sees a hat on 0.42–0.54 of the faces instead of 0.29–0.38, while hat-most
+        moves by no more than the seeds' spread (+1, +2, −3 faces) (docs/results_adaptive.md,
+        fourteenth round). Faces of the toy classifiers never reach the fine grid.
     preserve : float
         Weight of keeping the classifier's decisions on its *other* attributes in the attempts'
         guidance: a hinge on each other logit coming within 2 of its decision boundary (or

@@ -226,8 +226,8 @@ def test_default_sampler_shows_the_hat_of_a_classifier_that_reads_only_the_hat(
                    "and its minimal edits use it: on a classifier that reads only the hat the "
                    "same sampler reaches 0.88-0.96 (the control test above). Its caps stop at the "
                    "margin, and the oracle sees a hat on 29-38 %; told the true hat region, on "
-                   "42-62 %, though the toy UNet holds whole hats (docs/results_adaptive.md, "
-                   "benchmarks/hat_ceiling.py)")
+                   "38-67 % (58-75 % with --adaptive.recurrence 3), though the toy UNet "
+                   "holds whole hats (docs/results_adaptive.md, benchmarks/hat_ceiling.py)")
 def test_biased_counterfactuals_put_most_change_on_the_hat(unseen):
     """The issue's target: the biased classifier's counterfactuals change the hat in >= 90 %
     of faces and the oracle sees the hat. Strict xfail: passing would mean a sampler now shows

@@ -530,10 +530,6 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
                 eps = predict_eps(ldm, z, ts[i])
             report["on"] = r == repeats - 1  # one frame per step: the last repetition's
             z, _, _ = ddim_step(ldm, z, ts, i, eps, x0_hook=guide)
-            if masked and r < repeats - 1:
-                with torch.no_grad():
-                    m = latent_mask.to(z.dtype)
-                    z = m * z + (1 - m) * traj[i - 1]
         if not masked:
             continue
         with torch.no_grad():
@@ -565,9 +561,9 @@ def _guided_pass(state: SampleState, idx: torch.Tensor, z: torch.Tensor,
 
 
 def _recurrence_noise(z: torch.Tensor, idx: torch.Tensor, t: int, repeat: int) -> torch.Tensor:
-    """The fresh noise of one self-recurrence, drawn per face from a seed of (face, timestep,
-    repetition): a face's counterfactual does not depend on which other faces share its batch,
-    and a run repeats exactly."""
+    """The fresh noise of one self-recurrence, drawn per face from a seed of (its row in the
+    batch, timestep, repetition): a face's noise does not depend on which other faces are still
+    being edited, and a run repeats exactly."""
     rows = [torch.randn(z.shape[1:], generator=torch.Generator().manual_seed(
         (int(k) * 1000 + t) * 16 + repeat), dtype=torch.float32) for k in idx.tolist()]
     return torch.stack(rows).to(z.device, z.dtype)
@@ -844,7 +840,8 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
              views: int = 4, check_views: bool = True, check_renoise: bool = True,
              renoise_t: int = 200, prune: bool = True, prune_grid: int = 0,
              split_from: int = 4, fine_from: int = 4, fine_steps: int = 50,
-             recurrence: int = 1, preserve: float = 0.5, preserve_levels: int = 2, grad_decoder: str = "full",
+             recurrence: int = 1, preserve: float = 0.5, preserve_levels: int = 2,
+             grad_decoder: str = "full",
              callback: Callable | None = None, keep_out: torch.Tensor | None = None,
              edit_region: torch.Tensor | None = None) -> CFBatch:
     """Adaptive latent guided DDIM: where and how strongly to edit follow what this face needs.
@@ -1046,8 +1043,8 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         raise ValueError("levels must name at least one noise level")
     # each attempt's DDIM grid (the fine one from attempt ``fine_from`` on) and its timesteps,
     # made before any work so that a level off its grid is refused at once
-    grids = [fine_steps if fine_from and k + 1 >= fine_from else num_steps
-             for k in range(len(levels))]
+    fine = [bool(fine_from) and k + 1 >= fine_from for k in range(len(levels))]
+    grids = [fine_steps if f else num_steps for f in fine]
     schedules = [schedule(t_start, steps) for t_start, steps in zip(levels, grids)]
     if edit_region is not None and tuple(edit_region.shape) != (len(x), 1, *x.shape[-2:]):
         raise ValueError(f"edit_region must be (B, 1, H, W) = {(len(x), 1, *x.shape[-2:])}, "
@@ -1080,10 +1077,9 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
             m = _evidence_region(evidence[todo], latent_hw, region_threshold * region_grow ** k)
             if region_dilate and k:  # grown: one latent position more around it per attempt
                 m = F.max_pool2d(m, 2 * k + 1, stride=1, padding=k)
-        fine = bool(fine_from) and k + 1 >= fine_from  # as in grids above
         opts = Guidance(scale * scale_grow ** k, l1_weight, region, 0.0, 1, 0, 0, views,
                         attempt_decoder, preserve if k < preserve_levels else 0.0,
-                        recurrence if fine else 1)
+                        recurrence if fine[k] else 1)
         iters += len(ts)
         part = torch.zeros(len(todo), dtype=torch.long)
         if split_from and k + 1 >= split_from and evidence is not None:

@@ -881,10 +881,10 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
     the plain toy ResNet18 and the toy MLP, most in the first attempt at t = 300; for the toy ResNet with
     oracle agreement 0.92–0.98, localisation 0.76–0.81 and MNAC 0.25–0.35 (on two seeds
     0.25 / 0.27 against 0.33 / 0.48 with ``preserve`` 0). It flips every face of the
-    Clever-Hans classifier (24 each of four seeds) and, with the split attempts
+    Clever-Hans classifier (24 each of five seeds) and, with the split attempts
     (``split_from``) and the fine grid of its late attempts (``fine_from``, ``recurrence``),
-    changes the hat most on 0.58–0.75 of them at about half the L1 of the 10-step grid
-    (0.50–0.58 on that grid, a third without the split).
+    changes the hat most on 0.42–0.75 of them (0.50–0.58 on the three seeds measured with the
+    10-step grid, at about twice the L1; a third without the split).
 
     ``info``: per face the ``attempts`` run, the noise level ``t_start`` of the kept result, the
     ``region_fraction`` of the image it edited, whether it was ``robust``, its
@@ -990,9 +990,10 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         batch), timestep and repetition, so a run repeats exactly. Costs that many times the
         late attempts' denoising (about 2.3× for the faces that reach them); 1 turns it off.
         The default 3 since the fifteenth round: on the hat-biased toy classifier (24 faces of
-        each of four seeds, three of them unseen) the oracle sees a hat on 0.42–0.54 of the
-        faces instead of 0.29–0.38, and the hat changes most on 0.58–0.75 instead of
-        0.54–0.71 (better on three seeds of four) (docs/results_adaptive.md, fifteenth and
+        each of five seeds, four of them unseen) the oracle sees a hat on 0.29–0.54 of the
+        faces instead of 0.25–0.38 (more on every seed), and the hat changes most on 0.42–0.75
+        instead of 0.50–0.71 (more on three seeds, fewer on two; the mean of the unseen seeds
+        0.615 against 0.594) (docs/results_adaptive.md, fifteenth and
         fourteenth rounds). Faces of the toy classifiers never reach the fine grid.
     preserve : float
         Weight of keeping the classifier's decisions on its *other* attributes in the attempts'

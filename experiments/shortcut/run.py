@@ -31,7 +31,7 @@ EDIT_MARGIN = 5.0
 #: counterfactual default's 3 (since 2026-12-08) retakes the late attempts' steps for
 #: fuller hats the oracle sees; the edits already meet the issue's target without it, and
 #: it would slow every edit that reaches a late attempt (the hat-biased classifier's
-#: counterfactuals took 2.1–2.6× the time with it).
+#: counterfactuals took 2.0–2.6× the time with it).
 EDIT_RECURRENCE = 1
 
 

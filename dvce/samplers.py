@@ -878,9 +878,9 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
 
     Measured (docs/results_adaptive.md): on 48 faces of each unseen toy seed measured (four for
     the toy ResNet and the MLP, three for the ResNet18) it flips every face of the toy ResNet,
-    the plain toy ResNet18 and the toy MLP, most in the first attempt at t = 300; for the toy ResNet with
-    oracle agreement 0.92–0.98, localisation 0.76–0.81 and MNAC 0.25–0.35 (on two seeds
-    0.25 / 0.27 against 0.33 / 0.48 with ``preserve`` 0). It flips every face of the
+    the plain toy ResNet18 and the toy MLP, most in the first attempt at t = 300; for the toy
+    ResNet with oracle agreement 0.92–0.98, localisation 0.76–0.81 and MNAC 0.25–0.35 (on two
+    seeds 0.25 / 0.27 against 0.33 / 0.48 with ``preserve`` 0). It flips every face of the
     Clever-Hans classifier (24 each of five seeds) and, with the split attempts
     (``split_from``) and the fine grid of its late attempts (``fine_from``, ``recurrence``),
     changes the hat most on 0.42–0.75 of them (0.50–0.58 on the three seeds measured with the
@@ -988,13 +988,14 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         (self-recurrence, Universal Guidance, Bansal et al. 2023), so the LDM redraws what the
         strong late pushes moved off its faces. The noise is seeded per face (its row in the
         batch), timestep and repetition, so a run repeats exactly. Costs that many times the
-        late attempts' denoising (about 2.3× for the faces that reach them); 1 turns it off.
+        late attempts' denoising (2.0–2.6× the hat-biased classifier's time per face); 1 turns
+        it off.
         The default 3 since the fifteenth round: on the hat-biased toy classifier (24 faces of
         each of five seeds, four of them unseen) the oracle sees a hat on 0.29–0.54 of the
         faces instead of 0.25–0.38 (more on every seed), and the hat changes most on 0.42–0.75
         instead of 0.50–0.71 (more on three seeds, fewer on two; the mean of the unseen seeds
-        0.615 against 0.594) (docs/results_adaptive.md, fifteenth and
-        fourteenth rounds). Faces of the toy classifiers never reach the fine grid.
+        0.615 against 0.594) (docs/results_adaptive.md, fifteenth and fourteenth rounds).
+        Faces of the toy classifiers never reach the fine grid.
     preserve : float
         Weight of keeping the classifier's decisions on its *other* attributes in the attempts'
         guidance: a hinge on each other logit coming within 2 of its decision boundary (or

@@ -758,7 +758,8 @@ def shortcut(*, classifier: str, cue: str, editor: str, data: str, n: int = 24, 
         Hub id, diffusers folder or 'toy'.
     method : str
         Sampler of the edits (default: the default method, with its defaults but --margin
-        and, for adaptive, recurrence 1: experiments.shortcut.run.EDIT_RECURRENCE).
+        and, for adaptive, recurrence 1 and cause_from 0: EDIT_RECURRENCE and EDIT_CAUSE_FROM
+        in experiments.shortcut.run).
     options : str
         The sampler's options as a JSON object, e.g. '{"margin": 6}' (the default
         method's; `ldvce generate --help` lists each method's).

@@ -346,6 +346,17 @@ def test_adaptive_starts_low_raises_the_noise_only_for_faces_that_need_it(proble
     assert all(p in (0, 1, 2) for p in split.info["region_part"])
     plain = get_sampler("adaptive")(problem, x, t, split_from=1, region=False, **opts)
     assert plain.info["region_part"] == [0, 0]
+    # the cause attempt from the first attempt on: parts reported, one frame per step still,
+    # and no passes is no cause attempt
+    frames = FrameRecorder(2)
+    cause = get_sampler("adaptive")(problem, x, t, cause_from=1, callback=frames, **opts)
+    assert all(p in (0, 1, 2) for p in cause.info["region_part"])
+    assert all(torch.equal(f[-1], c) for f, c in zip(frames.frames, cause.counterfactual))
+    none = get_sampler("adaptive")(problem, x, t, cause_from=1, cause_passes=0, **opts)
+    off = get_sampler("adaptive")(problem, x, t, cause_from=0, **opts)
+    assert torch.equal(none.counterfactual, off.counterfactual)
+    with pytest.raises(ValueError, match="cause_from must be at least 0"):
+        get_sampler("adaptive")(problem, x, t, cause_from=-1, **opts)
 
 
 def test_adaptive_late_attempts_run_on_the_fine_grid(problem, monkeypatch):
@@ -405,6 +416,53 @@ def test_adaptive_self_recurrence_repeats_only_the_fine_steps_and_repeats_exactl
     assert levels == [] and not torch.equal(once.counterfactual, r.counterfactual)
     with pytest.raises(ValueError, match="recurrence must be at least 1"):
         get_sampler("adaptive")(problem, x, torch.ones(2), recurrence=0, **opts)
+
+
+class LeftBrightness(torch.nn.Module):
+    """Smiling (index 31) from the brightness of the image's left half only."""
+
+    def forward(self, x):
+        out = torch.zeros(len(x), 40)
+        out[:, 31] = 20 * x[..., :32].mean((1, 2, 3))
+        return out
+
+
+def test_adaptive_cause_attempt_edits_the_cluster_the_flip_needs_alone(problem, monkeypatch):
+    """A flip made by brightening both halves of the face, for a classifier that reads the left
+    half only: the cause attempt undoes each evidence cluster in turn, finds that the flip
+    needs the left one, and guides again in it alone; the result replaces the whole-region one
+    (its pass made robust here), with the original everywhere outside the left cluster."""
+    import dvce.samplers as S
+    from dvce.diffusion import schedule
+    rows, ts = torch.arange(2), schedule(100, 20)
+    region = torch.ones(2, 1, 16, 16)                # the whole latent
+    weight = torch.zeros(2, 1, 16, 16)
+    weight[..., 2], weight[..., 13] = 1.0, 1.0       # evidence in two columns: two clusters
+    opts = S.Guidance(0.3, 1.0, True, 0.0, 1, 0, 0)
+    x = torch.full((2, 3, 64, 64), -0.3)
+    edited = x + 0.6                                 # both halves: the logit goes -6 -> +6
+
+    def cause(classifier):
+        problem_ = S.Problem(problem.ldm, classifier, 31)
+        state = S.SampleState(problem_, x, torch.ones(2))
+        z_T, traj = S._invert(state, ts)
+        out = S.PassResult(edited, problem_.logit(edited), torch.ones(2, 1, 64, 64))
+        return S._cause_attempt(state, rows, rows, z_T, traj, ts, opts, region, weight, region,
+                                out, torch.ones(2, dtype=torch.bool),
+                                torch.zeros(2, dtype=torch.long), 3.0, 1, 0, 20, 2, 2.0)
+
+    calls = []
+    monkeypatch.setattr(S, "_robust", lambda st, todo, res, *a: calls.append(res) or
+                        torch.ones(len(todo), dtype=torch.bool))
+    res, accept, kept, part, ran = cause(LeftBrightness())
+    assert ran == 1 and len(calls) == 1 and accept.all()
+    assert (kept[..., :8] == 1).all() and (kept[..., 8:] == 0).all()   # the left cluster alone
+    assert set(part.tolist()) <= {1, 2} and not torch.equal(res.img, edited)
+    outside = (S._pixel_mask(kept, (64, 64)) == 0).expand_as(x)
+    assert outside[..., 40:].all() and torch.equal(res.img[outside], x[outside])
+    # a flip that needs both clusters alike leaves nothing to choose: no pass runs
+    res, accept, kept, part, ran = cause(BrightnessClassifier())
+    assert ran == 0 and torch.equal(res.img, edited) and part.tolist() == [0, 0]
 
 
 def test_adaptive_edits_only_inside_a_given_edit_region(problem):

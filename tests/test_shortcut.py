@@ -90,15 +90,19 @@ def test_a_committee_reads_as_the_mean_of_its_members_logits():
         Committee([])
 
 
-def test_edits_pass_the_margin_and_recurrence_unless_the_options_set_them():
-    from experiments.shortcut.run import EDIT_MARGIN, EDIT_RECURRENCE, edit_options
+def test_edits_pass_the_margin_recurrence_and_cause_unless_the_options_set_them():
+    from experiments.shortcut.run import (EDIT_CAUSE_FROM, EDIT_MARGIN, EDIT_RECURRENCE,
+                                          edit_options)
     from dvce.samplers import sampler_defaults
     assert EDIT_RECURRENCE != sampler_defaults("adaptive")["recurrence"]  # a choice, not a copy
-    assert edit_options("adaptive", None) == {"margin": EDIT_MARGIN, "recurrence": EDIT_RECURRENCE}
-    assert edit_options("adaptive", {"margin": 2, "levels": [300], "recurrence": 3}) == {
-        "margin": 2, "levels": [300], "recurrence": 3}
+    assert EDIT_CAUSE_FROM != sampler_defaults("adaptive")["cause_from"]
+    kept = {"recurrence": EDIT_RECURRENCE, "cause_from": EDIT_CAUSE_FROM}
+    assert edit_options("adaptive", None) == {"margin": EDIT_MARGIN, **kept}
+    assert edit_options("adaptive", {"margin": 2, "levels": [300], "recurrence": 3,
+                                     "cause_from": 4}) == {
+        "margin": 2, "levels": [300], "recurrence": 3, "cause_from": 4}
     assert edit_options("guided", {}, margin=7) == {"margin": 7.0}   # no recurrence to set
-    assert edit_options("adaptive", {}, margin=None) == {"recurrence": EDIT_RECURRENCE}
+    assert edit_options("adaptive", {}, margin=None) == kept
     assert edit_options("dime", {}) == {}              # no margin to set
 
 
@@ -147,7 +151,7 @@ def test_edits_record_their_editor_so_another_editor_never_resumes_them(tmp_path
 def test_run_shortcut_edits_with_the_committee_its_name_and_the_margin(tmp_path, monkeypatch):
     """What run_shortcut hands to the edits: a Committee of the editors given (each once), their
     joined names as the edits' classifier (the resume guard), and the options with margin 5 and
-    recurrence 1 unless the options set them; shortcut.json records the same."""
+    recurrence 1 and cause_from 0 unless the options set them; shortcut.json records the same."""
     import json
     from classifier.committee import Committee
     from experiments.shortcut import run as R
@@ -166,7 +170,7 @@ def test_run_shortcut_edits_with_the_committee_its_name_and_the_margin(tmp_path,
     assert len(calls) == 2 and all(isinstance(e, Committee) and len(e.members) == 2
                                    for e, _, _ in calls)
     assert {name for _, _, name in calls} == {"toy_resnet,toy_resnet18"}
-    assert all(opts == {"margin": 5.0, "recurrence": 1} for _, opts, _ in calls)
+    assert all(opts == {"margin": 5.0, "recurrence": 1, "cause_from": 0} for _, opts, _ in calls)
     saved = json.loads((tmp_path / "shortcut.json").read_text())
     assert saved["editor"] == r["editor"] == "toy_resnet,toy_resnet18"
     assert saved["editors"] == ["toy_resnet", "toy_resnet18"] and saved["options"]["margin"] == 5
@@ -174,5 +178,5 @@ def test_run_shortcut_edits_with_the_committee_its_name_and_the_margin(tmp_path,
     R.run_shortcut(classifier="toy_biased_hat", cue="Wearing_Hat", control=None,
                    editor="toy_resnet18", data="d", n=1, out=tmp_path / "one", method="adaptive",
                    options={"margin": 2}, figure=False, progress=False)
-    assert not isinstance(calls[0][0], Committee) and calls[0][1] == {"margin": 2,
-                                                                      "recurrence": 1}
+    assert not isinstance(calls[0][0], Committee) and calls[0][1] == {
+        "margin": 2, "recurrence": 1, "cause_from": 0}

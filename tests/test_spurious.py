@@ -198,12 +198,13 @@ def test_unseen_faces_answer_key_clean_counterfactuals_and_lrp(unseen):
 def test_default_sampler_shows_the_hat_of_a_classifier_that_reads_only_the_hat(
         unseen, tmp_path_factory):
     """The control of the target below: the same experiment and faces' seed with the hat
-    reader (:func:`~experiments.clever_hans.data.hat_reader`) as the biased classifier. Its
-    minimal robust counterfactuals change the hat most on nearly every face (seed 4242: 12 of
-    12; 24 faces of seeds 6161 / 7272 / 8383: 0.958 / 0.875 / 0.958), where the shipped biased
-    classifier, which takes part of its margin from the smile, gets 0.58 here. So the sampler
-    shows a cue that is the whole decision; the oracle's hat target is missed on both
-    (partial caps)."""
+    reader (:func:`~experiments.clever_hans.data.hat_reader`) as the biased classifier, whose
+    smile moves its logit by nothing. Its counterfactuals change the hat most on most faces
+    (seed 4242: 10 of 12; 12 of 12 before the cause attempt; 24 faces of seeds 6161 / 7272 /
+    8383, measured before it: 0.958 / 0.875 / 0.958). So the sampler shows a cue that is the
+    whole decision. The shipped biased classifier, which takes part of its margin from the
+    smile, got 7 of 12 here before the cause attempt and gets 9 now: the gap the cause attempt
+    closed is no longer asserted. The oracle's hat target is missed on both (partial caps)."""
     from tests.conftest import UNSEEN_SEED
     out = tmp_path_factory.mktemp("spurious_control")
     s = X.run_experiment(out, n_images=12, data_seed=UNSEEN_SEED, data_size=200, crp=False,
@@ -213,21 +214,20 @@ def test_default_sampler_shows_the_hat_of_a_classifier_that_reads_only_the_hat(
     assert s["rows"] == unseen["rows"]  # the same faces as the shipped biased classifier's
     assert h["intervention_smile_gain"] < 1.0 < unseen["biased"]["intervention_smile_gain"]
     assert h["flip_rate"] >= 0.95 and h["hat_change_rate"] >= 0.8
-    assert h["hat_change_rate"] >= unseen["biased"]["hat_change_rate"] + 0.3
     assert h["lrp_hat_mass_post"] > 10 * h["lrp_mouth_mass_post"]
 
 
 @pytest.mark.integration
 @pytest.mark.xfail(strict=True, reason="measured: the default adaptive sampler flips every biased "
-                   "face and, with its split attempts and its late attempts on a 50-step grid "
-                   "with each step retaken (recurrence 3), changes the hat more than the mouth on "
-                   "0.42-0.75 of them on five seeds (7 of 12 here; 0.50-0.54 on the 10-step "
-                   "grid), short of 0.90. The biased classifier takes +1.2 to +2.2 of its "
-                   "Smiling logit from a rendered smile, and its minimal edits use it: on a "
-                   "classifier that reads only the hat the same sampler reaches 0.88-0.96 (the "
-                   "control test above). Its caps stop near the margin, and the oracle sees a "
-                   "hat on 29-54 % (4 of 12 here); told the true hat region, on 58-75 %, 75-83 % "
-                   "with a margin of 8 (docs/results_adaptive.md, benchmarks/hat_ceiling.py)")
+                   "face and, with its split attempts, its late attempts on a 50-step grid with "
+                   "each step retaken (recurrence 3) and its cause attempt (a flip made again in "
+                   "the evidence cluster it needs most, cause_from 3), changes the hat more than "
+                   "the mouth on 0.67-0.92 of them on five seeds (9 of 12 here), short of 0.90. "
+                   "The rest paint hat colours where no hat goes (over the mouth, beside the "
+                   "head), which the biased classifier reads as a hat and the oracle does not; "
+                   "the oracle sees a hat on 38-67 % (5 of 12 here); told the true hat region, "
+                   "on 58-75 %, 75-83 % with a margin of 8 (docs/results_adaptive.md, "
+                   "benchmarks/hat_ceiling.py)")
 def test_biased_counterfactuals_put_most_change_on_the_hat(unseen):
     """The issue's target: the biased classifier's counterfactuals change the hat in >= 90 %
     of faces and the oracle sees the hat. Strict xfail: passing would mean a sampler now shows

@@ -33,18 +33,25 @@ EDIT_MARGIN = 5.0
 #: it would slow every edit that reaches a late attempt (the hat-biased classifier's
 #: counterfactuals took 2.0–2.6× the time with it).
 EDIT_RECURRENCE = 1
+#: The edits' cause attempt (``adaptive``'s ``cause_from``) unless the options set one: off, for
+#: the same reason. The counterfactual default's 3 (since the sixteenth round of issue 24)
+#: re-makes a flip in the one evidence cluster it needs most; an edit adds a cue the caller
+#: names, so there is no second cause to leave out.
+EDIT_CAUSE_FROM = 0
 
 
 def edit_options(method: str, options: dict | None, margin: float | None = EDIT_MARGIN) -> dict:
     """The sampler options of the edits: ``options`` with ``margin`` added where the method has
     one and ``options`` does not set it (None: the method's own default), and
-    :data:`EDIT_RECURRENCE` likewise where the method has ``recurrence``."""
+    :data:`EDIT_RECURRENCE` and :data:`EDIT_CAUSE_FROM` likewise where the method has
+    ``recurrence`` and ``cause_from``."""
     opts = dict(options or {})
     defaults = sampler_defaults(method)
     if margin is not None and "margin" in defaults:
         opts.setdefault("margin", float(margin))
-    if "recurrence" in defaults:
-        opts.setdefault("recurrence", EDIT_RECURRENCE)
+    for name, value in (("recurrence", EDIT_RECURRENCE), ("cause_from", EDIT_CAUSE_FROM)):
+        if name in defaults:
+            opts.setdefault(name, value)
     return opts
 
 
@@ -105,7 +112,8 @@ def run_shortcut(*, classifier, cue: str, editor, data, n: int, out, target: str
     control : an attribute that should not matter, edited the same way (None: no control).
     oracle : a third classifier that confirms the edits (optional).
     ldm, method, options, batch_size : the LDM and the sampler (default: the default method
-        with its defaults, but ``margin``, below, and :data:`EDIT_RECURRENCE`).
+        with its defaults, but ``margin``, below, :data:`EDIT_RECURRENCE` and
+        :data:`EDIT_CAUSE_FROM`).
     margin : the sampler's ``margin`` for the edits (:data:`EDIT_MARGIN`) unless ``options``
         sets one; None keeps the method's own default.
     split : dataset split the faces come from (``all`` for an unseen toy folder, ``test`` on

@@ -1194,14 +1194,16 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
                         recurrence if fine[k] else 1)
         iters += len(ts)
         part = torch.zeros(len(todo), dtype=torch.long)
-        if split_from and k + 1 >= split_from and evidence is not None:
-            # the parts are assigned over the region two growth steps further, so that a part
-            # reaches as far as its cue would by the time the whole region had grown there
+        if evidence is not None:  # for the split and cause attempts' clusters of the evidence
+            weight = _smoothed(evidence[todo], latent_hw)
+            # a cluster covers the region two growth steps further, so that it reaches as far
+            # as its cue would by the time the whole region had grown there
             wider = torch.maximum(m, _evidence_region(
                 evidence[todo], latent_hw, region_threshold * region_grow ** (k + 2)))
+        if split_from and k + 1 >= split_from and evidence is not None:
             out, accept, m, part, passes = _split_attempt(
-                state, todo, z_T, traj, ts, opts, m, _smoothed(evidence[todo], latent_hw), wider,
-                margin, checked_views, checked_renoise, steps)
+                state, todo, z_T, traj, ts, opts, m, weight, wider, margin, checked_views,
+                checked_renoise, steps)
             iters += passes * len(ts)  # the part passes are denoising steps too
         else:
             out = _guided_pass(state, todo, z_T, traj, ts, opts, region=m)
@@ -1209,13 +1211,9 @@ def adaptive(problem: Problem, x: torch.Tensor, target: torch.Tensor, *,
         if cause_from and k + 1 >= cause_from and evidence is not None and cause_passes:
             rows = (accept & (part == 0).to(accept.device)).nonzero().flatten()
             if len(rows):  # robust flips of the whole region: the cluster they need most alone
-                # the clusters reach over the region grown two steps further, as the split's
-                wider = torch.maximum(m, _evidence_region(
-                    evidence[todo], latent_hw, region_threshold * region_grow ** (k + 2)))
                 out, accept, m, part, ran = _cause_attempt(
-                    state, todo, rows, z_T, traj, ts, opts, m, _smoothed(evidence[todo], latent_hw),
-                    wider, out, accept, part, margin, checked_views, checked_renoise, steps,
-                    cause_passes, scale_grow)
+                    state, todo, rows, z_T, traj, ts, opts, m, weight, wider, out, accept, part,
+                    margin, checked_views, checked_renoise, steps, cause_passes, scale_grow)
                 iters += ran * len(ts)
         if prune and m is not None and bool(accept.any()):
             out = _prune(state, todo, out, m, evidence[todo], accept, margin, checked_views,
